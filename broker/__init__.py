@@ -1,0 +1,3 @@
+"""exai-broker: one shared MCP tool daemon, many thin stdio shims."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,82 @@
+"""Command line: `python -m broker [--workers N] ...` runs the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import logging.handlers
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from broker import __version__
+from broker.settings import Settings, SettingsError, collect_environment, load_settings
+
+__all__ = ["main", "run"]
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m broker",
+        description="Run the exai-broker daemon: one shared MCP tool server for every client.",
+    )
+    parser.add_argument("--host", help="listen address (EXAI_WS_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", help="listen port, 0 for any free one (EXAI_WS_PORT, default 8765)")
+    parser.add_argument("--token", help="shared bearer token (EXAI_WS_TOKEN; default: auth off)")
+    parser.add_argument("--workers", help="worker processes (EXAI_WORKERS, default 4)")
+    parser.add_argument("--log-dir", help="folder for health, metrics and log (EXAI_LOG_DIR)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (EXAI_LOG_LEVEL)")
+    parser.add_argument("--server", help="tool server module to host (EXAI_SERVER)")
+    parser.add_argument("--env-file", help="read settings from this .env file (default ./.env)")
+    parser.add_argument("--version", action="version", version=f"exai-broker {__version__}")
+    return parser
+
+
+def configure_logging(settings: Settings) -> None:
+    log_dir = Path(settings.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    file_handler = logging.handlers.RotatingFileHandler(
+        log_dir / "mcp_server.log", maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8"
+    )
+    file_handler.setFormatter(fmt)
+    root = logging.getLogger()
+    root.handlers[:] = [console, file_handler]
+    root.setLevel(settings.log_level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        environ = collect_environment(args.env_file)
+        settings = load_settings(environ, vars(args))
+    except SettingsError as exc:
+        print(f"exai-broker: invalid setting: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings)
+    from broker.daemon import Daemon  # noqa: PLC0415 - heavy imports after arg parsing
+
+    daemon = Daemon(settings, environ)
+    try:
+        import uvloop  # noqa: PLC0415
+
+        return uvloop.run(daemon.run())
+    except ImportError:
+        return asyncio.run(daemon.run())
+    except KeyboardInterrupt:
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point (`exai-broker`)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

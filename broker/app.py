@@ -1,0 +1,137 @@
+"""aiohttp routes: the WebSocket endpoint and the HTTP endpoints on the same port.
+
+Each request is checked before anything else happens: a browser's Origin, a Host
+that is not ours (DNS rebinding), and the bearer token when auth is on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+
+from broker.auth import is_loopback_host
+from broker.connection import WsConnection
+from broker.dispatch import CLOSE_HELLO_TIMEOUT
+
+if TYPE_CHECKING:
+    from broker.daemon import Daemon
+
+__all__ = ["DAEMON_KEY", "create_app"]
+
+log = logging.getLogger("broker.app")
+
+DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.query.get("token")
+
+
+def _host_name(host_header: str) -> str:
+    if host_header.startswith("["):
+        return host_header[1 : host_header.find("]")] if "]" in host_header else host_header
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def check_request(daemon: Daemon, request: web.Request) -> web.Response | None:
+    """A refusal response, or None when the request may proceed."""
+    settings = daemon.settings
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.rstrip("/") not in settings.allowed_origins:
+        log.warning("refused %s %s from origin %s (not in EXAI_WS_ALLOWED_ORIGINS)",
+                    request.method, request.path, origin[:200])
+        return web.Response(status=403, text="origin not allowed\n")
+    host = _host_name(request.headers.get("Host", "")).lower()
+    if host and not is_loopback_host(host) and host != settings.host.lower():
+        log.warning("refused %s %s for host %s", request.method, request.path, host[:200])
+        return web.Response(status=403, text="host not allowed\n")
+    presented = _bearer(request)
+    if daemon.auth.enabled and presented is not None and not daemon.auth.check(presented):
+        log.warning("refused %s %s: wrong token", request.method, request.path)
+        return web.Response(status=401, text="unauthorized\n",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return None
+
+
+async def handle_root(request: web.Request) -> web.StreamResponse:
+    daemon = request.app[DAEMON_KEY]
+    refusal = check_request(daemon, request)
+    if refusal is not None:
+        return refusal
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await handle_ws(request, daemon)
+    if request.path == "/ws":
+        return web.Response(status=426, text="this endpoint speaks WebSocket\n")
+    return web.Response(
+        text=f"exai-broker daemon on {daemon.settings.url}\nGET /health for its health snapshot\n"
+    )
+
+
+async def handle_ws(request: web.Request, daemon: Daemon) -> web.StreamResponse:
+    settings = daemon.settings
+    presented = _bearer(request)
+    if daemon.draining:
+        return web.Response(status=503, text="shutting down\n")
+    ws = web.WebSocketResponse(
+        protocols=("mcp",),
+        max_msg_size=settings.max_frame_bytes,
+        heartbeat=settings.ping_interval_s,
+        decode_text=False,
+        compress=False,
+    )
+    await ws.prepare(request)
+    transport = request.transport
+    remote = f"{request.remote}"
+    conn = WsConnection(
+        ws, settings.send_buffer_bytes, remote,
+        abort=transport.abort if transport is not None else (lambda: None),
+    )
+    conn.authenticated = not daemon.auth.enabled or presented is not None
+    daemon.connections.add(conn)
+    router = daemon.router
+    loop = daemon.loop
+    hello_timer = loop.call_later(settings.hello_timeout_s, _hello_timeout, daemon, conn)
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                router.handle(conn, msg.data)
+            elif msg.type is WSMsgType.ERROR:
+                log.warning("connection %s closed: %s", remote, ws.exception())
+        if ws.close_code == 1009:
+            log.warning("connection %s closed: frame larger than EXAI_WS_MAX_BYTES (%d)",
+                        remote, settings.max_frame_bytes)
+    finally:
+        hello_timer.cancel()
+        daemon.connection_closed(conn)
+        await conn.aclose()
+    return ws
+
+
+def _hello_timeout(daemon: Daemon, conn: WsConnection) -> None:
+    if conn.session is None and not conn.closing:
+        conn.send(b'{"op":"hello_ack","ok":false,"error":"no hello in time"}')
+        conn.close(CLOSE_HELLO_TIMEOUT, "no hello in time")
+
+
+async def handle_health(request: web.Request) -> web.StreamResponse:
+    daemon = request.app[DAEMON_KEY]
+    refusal = check_request(daemon, request)
+    if refusal is not None:
+        return refusal
+    if daemon.auth.enabled and _bearer(request) is None:
+        return web.Response(status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"})
+    return web.json_response(daemon.snapshot(), status=503 if daemon.draining else 200)
+
+
+def create_app(daemon: Daemon) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app[DAEMON_KEY] = daemon
+    app.router.add_get("/", handle_root)
+    app.router.add_get("/ws", handle_root)
+    app.router.add_get("/health", handle_health)
+    return app

@@ -1,0 +1,424 @@
+"""The life of a tool call in the broker: admit, dispatch, await, answer, account.
+
+Everything here runs as plain callbacks on the event loop (no task per call): a
+frame arrives, the call is admitted and sent to a worker; the worker's result
+arrives, the lease is released and the answer is queued on the session. Every path
+out of a call (result, tool error, timeout, cancel, worker loss, session end) goes
+through `_finish`, which releases the call's capacity exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from broker.catalog import Catalog
+from broker.frames import FrameCodec
+from broker.ipc import Call, Progress, Result
+from broker.protocol import (
+    BrokerError,
+    Cancelled,
+    ErrorCode,
+    OverCapacity,
+    ShuttingDown,
+    Timeout,
+    ToolNotFound,
+    WorkerLost,
+)
+from broker.routing import ModelRegistry, resolve_route
+from broker.scheduler import Lease, Rejection, Scheduler, Waiter
+from broker.session import Session
+from broker.settings import Settings
+from broker.supervisor import Supervisor, WorkerHandle
+
+__all__ = ["CallManager", "CallRecord", "PendingCall"]
+
+log = logging.getLogger("broker.calls")
+
+STICKY_MAX = 10_000
+
+
+class _ToolResult(msgspec.Struct):
+    content: list[dict[str, Any]] = []
+    isError: bool = False  # noqa: N815 - wire name
+    structuredContent: Any = None  # noqa: N815 - wire name
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class PendingCall:
+    call_id: int
+    session: Session
+    key: bytes
+    request_id: msgspec.Raw
+    dialect: str
+    tool: str
+    arguments: bytes
+    provider: str | None
+    model: str | None
+    progress_token: msgspec.Raw | None
+    received_at: float
+    continuation_id: str | None = None
+    lease: Lease | None = None
+    waiter: Waiter | None = None
+    worker: WorkerHandle | None = None
+    admitted_at: float = 0.0
+    timer: asyncio.TimerHandle | None = None
+    done: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallRecord:
+    """What the metrics line of one finished call says."""
+
+    t: float
+    session: str
+    tool: str
+    provider: str | None
+    model: str | None
+    outcome: str
+    latency_ms: float
+    queue_ms: float
+    worker: int | None
+    bytes_in: int
+    bytes_out: int
+
+
+class CallManager:
+    """Admits calls against the scheduler, runs them on workers, answers sessions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        scheduler: Scheduler,
+        supervisor: Supervisor,
+        codec: FrameCodec,
+        record: Callable[[CallRecord], None],
+        registry: ModelRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.scheduler = scheduler
+        self.supervisor = supervisor
+        self.codec = codec
+        self.record = record
+        self.registry = registry or ModelRegistry()
+        self.catalog = Catalog.empty()
+        self.calls: dict[int, PendingCall] = {}
+        self.sticky: OrderedDict[str, int] = OrderedDict()
+        self.shutting_down = False
+        self.calls_total = 0
+        self.errors_by_code: dict[str, int] = {}
+        self._next_id = 0
+        self._loop = asyncio.get_running_loop()
+
+    # --- admission -------------------------------------------------------------------
+
+    def submit(
+        self,
+        session: Session,
+        dialect: str,
+        request_id: msgspec.Raw,
+        tool: str,
+        arguments: msgspec.Raw,
+        progress_token: msgspec.Raw | None,
+    ) -> None:
+        """Start one call, or answer it at once with a typed error."""
+        key = bytes(request_id)
+        if key in session.calls:
+            # A re-sent request id joins the call already running: it never runs twice.
+            return
+        now = time.monotonic()
+        try:
+            if self.shutting_down:
+                raise ShuttingDown("the daemon is shutting down; retry after it restarts")
+            if tool not in self.catalog:
+                raise ToolNotFound(f"unknown tool {tool!r}", tool=tool)
+            routing = self.codec.routing_args(arguments)
+            route = resolve_route(
+                tool,
+                routing.model,
+                model_tools=self.catalog.model_tools,
+                default_model=self.settings.default_model,
+                registry=self.registry,
+            )
+        except BrokerError as exc:
+            self._answer_error_now(session, dialect, request_id, tool, exc)
+            return
+        raw_args = bytes(arguments) if arguments and bytes(arguments) != b"null" else b"{}"
+        self._next_id += 1
+        call = PendingCall(
+            self._next_id, session, key, request_id, dialect, tool, raw_args,
+            route.provider, route.model, progress_token, now, routing.continuation_id,
+        )
+        outcome = self.scheduler.try_acquire(session.id, route.provider, now)
+        if isinstance(outcome, Rejection):
+            if self.settings.queue_timeout_s > 0:
+                queued = self.scheduler.enqueue(session.id, route.provider, call, now)
+                if isinstance(queued, Waiter):
+                    call.waiter = queued
+                    session.calls[key] = call
+                    call.timer = self._loop.call_later(
+                        self.settings.queue_timeout_s, self._queue_expired, call, outcome
+                    )
+                    self._ack(call)
+                    return
+                outcome = queued
+            self._reject(call, outcome)
+            return
+        session.calls[key] = call
+        self._start(call, outcome)
+
+    def _start(self, call: PendingCall, lease: Lease) -> None:
+        call.lease = lease
+        call.admitted_at = time.monotonic()
+        worker = self._pick_worker(call)
+        if worker is None:
+            self._finish(call, error=OverCapacity(
+                "no worker is ready (the pool is restarting)",
+                scope="global", provider=call.provider, retry_after_ms=500,
+            ))
+            return
+        call.worker = worker
+        worker.calls.add(call.call_id)
+        worker.served += 1
+        self.calls[call.call_id] = call
+        worker.send(Call(call.call_id, call.tool, call.arguments, call.session.id, call.model,
+                         call.progress_token is not None))
+        if call.timer is None:
+            self._ack(call)
+        else:
+            call.timer.cancel()
+        call.timer = self._loop.call_later(self.settings.call_timeout_s, self._timed_out, call)
+
+    def _ack(self, call: PendingCall) -> None:
+        if call.dialect == "op":
+            call.session.send(self.codec.encode({"op": "call_tool_ack", "request_id": call.request_id}))
+        elif call.session.acks:
+            call.session.send(self.codec.encode({"op": "ack", "id": call.request_id}))
+
+    def _pick_worker(self, call: PendingCall) -> WorkerHandle | None:
+        workers = self.supervisor.workers
+        if call.continuation_id is not None:
+            slot = self.sticky.get(call.continuation_id)
+            if slot is not None and workers[slot].live:
+                self.sticky.move_to_end(call.continuation_id)
+                return workers[slot]
+        best: WorkerHandle | None = None
+        for worker in workers:
+            if worker.state == "ready" and (best is None or len(worker.calls) < len(best.calls)):
+                best = worker
+        if best is not None and call.continuation_id is not None:
+            self.sticky[call.continuation_id] = best.slot
+            if len(self.sticky) > STICKY_MAX:
+                self.sticky.popitem(last=False)
+        return best
+
+    def _reject(self, call: PendingCall, rejection: Rejection) -> None:
+        exc = OverCapacity(
+            rejection.describe(),
+            scope=rejection.scope,
+            provider=rejection.provider,
+            retry_after_ms=rejection.retry_after_ms,
+        )
+        self._answer_error_now(call.session, call.dialect, call.request_id, call.tool, exc,
+                               call=call)
+
+    def _queue_expired(self, call: PendingCall, rejection: Rejection) -> None:
+        if call.waiter is not None and self.scheduler.withdraw(call.waiter):
+            call.timer = None
+            scope = self.scheduler.blocking_scope(call.session.id, call.provider) or rejection.scope
+            self._finish(call, error=OverCapacity(
+                f"waited {self.settings.queue_timeout_s:g} s in the queue: "
+                + Rejection(scope, call.provider, rejection.retry_after_ms).describe(),
+                scope=scope, provider=call.provider, retry_after_ms=rejection.retry_after_ms,
+            ))
+
+    # --- worker events ---------------------------------------------------------------
+
+    def handle_worker_message(self, worker: WorkerHandle, message: Any) -> None:
+        if isinstance(message, Result):
+            self._handle_result(worker, message)
+        elif isinstance(message, Progress):
+            self._handle_progress(message)
+
+    def _handle_result(self, worker: WorkerHandle, result: Result) -> None:
+        worker.calls.discard(result.call_id)
+        worker.cancelled.pop(result.call_id, None)
+        call = self.calls.pop(result.call_id, None)
+        if call is None or call.done:
+            return
+        if result.result is not None:
+            self._finish(call, payload=result.result, tool_error=result.is_error)
+        elif result.error_code == ErrorCode.CANCELLED:
+            self._finish(call, error=Cancelled("the call was cancelled"))
+        else:
+            error = BrokerError(result.error_message or "tool failed")
+            if result.error_code == ErrorCode.TOOL_NOT_FOUND:
+                error = ToolNotFound(result.error_message or "unknown tool", tool=call.tool)
+            self._finish(call, error=error)
+
+    def _handle_progress(self, progress: Progress) -> None:
+        call = self.calls.get(progress.call_id)
+        if call is None or call.done or call.progress_token is None:
+            return
+        if call.dialect == "op":
+            frame = self.codec.encode({
+                "op": "progress", "request_id": call.request_id, "progress": progress.progress,
+                "total": progress.total, "message": progress.message,
+            })
+        else:
+            frame = self.codec.progress(call.progress_token, progress.progress, progress.total,
+                                        progress.message)
+        call.session.send(frame)
+
+    def handle_worker_lost(self, worker: WorkerHandle, call_ids: set[int], reason: str) -> None:
+        for call_id in call_ids:
+            call = self.calls.pop(call_id, None)
+            if call is not None and not call.done:
+                self._finish(call, error=WorkerLost(
+                    f"{reason} while running {call.tool!r}; it is being restarted",
+                    worker=worker.slot,
+                ))
+        for cid, slot in list(self.sticky.items()):
+            if slot == worker.slot:
+                del self.sticky[cid]
+
+    # --- timeouts and cancellation ---------------------------------------------------
+
+    def _timed_out(self, call: PendingCall) -> None:
+        call.timer = None
+        if call.done:
+            return
+        if call.worker is not None:
+            self.supervisor.cancel_call(call.worker, call.call_id)
+        self._finish(call, error=Timeout(
+            f"{call.tool!r} did not finish within {self.settings.call_timeout_s:g} s "
+            "(EXAI_WS_CALL_TIMEOUT); it was cancelled",
+            timeout_s=self.settings.call_timeout_s,
+        ))
+
+    def cancel(self, session: Session, request_id: msgspec.Raw, *, answer: bool) -> bool:
+        """Cancel a session's call by its request id. MCP cancels get no answer."""
+        call = session.calls.get(bytes(request_id))
+        if call is None or call.done:
+            return False
+        if call.waiter is not None:
+            self.scheduler.withdraw(call.waiter)
+        if call.worker is not None:
+            self.supervisor.cancel_call(call.worker, call.call_id)
+        self._finish(call, error=Cancelled("cancelled by the client"), silent=not answer)
+        return True
+
+    def end_session(self, session: Session) -> None:
+        """The session is gone for good: stop its calls, free its capacity."""
+        session.closed = True
+        for call in list(session.calls.values()):
+            if call.waiter is not None:
+                self.scheduler.withdraw(call.waiter)
+            if call.worker is not None:
+                self.supervisor.cancel_call(call.worker, call.call_id)
+            self._finish(call, error=Cancelled("the session ended"), silent=True)
+
+    def fail(self, call: PendingCall, error: BrokerError) -> None:
+        """End a call with `error` now, telling its worker (if any) to stop it."""
+        if call.done:
+            return
+        if call.waiter is not None:
+            self.scheduler.withdraw(call.waiter)
+        if call.worker is not None:
+            self.supervisor.cancel_call(call.worker, call.call_id)
+        self._finish(call, error=error)
+
+    # --- completion ------------------------------------------------------------------
+
+    def _finish(
+        self,
+        call: PendingCall,
+        *,
+        payload: bytes | None = None,
+        error: BrokerError | None = None,
+        silent: bool = False,
+        tool_error: bool = False,
+    ) -> None:
+        call.done = True
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        now = time.monotonic()
+        session = call.session
+        if session.calls.get(call.key) is call:
+            del session.calls[call.key]
+        if payload is not None:
+            frame = self._result_frame(call, payload)
+            outcome = str(ErrorCode.EXEC_ERROR) if tool_error else "ok"
+        else:
+            assert error is not None
+            frame = self._error_frame(call.dialect, call.request_id, error)
+            outcome = str(error.code)
+        if not silent:
+            session.send(frame)
+        if outcome != "ok":
+            self.errors_by_code[outcome] = self.errors_by_code.get(outcome, 0) + 1
+        self.calls_total += 1
+        queue_ms = ((call.admitted_at or now) - call.received_at) * 1000.0
+        self.record(CallRecord(
+            time.time(), session.id, call.tool, call.provider, call.model, outcome,
+            (now - call.received_at) * 1000.0, queue_ms,
+            call.worker.slot if call.worker is not None else None,
+            len(call.arguments), len(frame),
+        ))
+        lease = call.lease
+        if lease is not None:
+            call.lease = None
+            for waiter, granted in self.scheduler.release(lease, now):
+                self._start(waiter.payload, granted)
+
+    def _answer_error_now(
+        self,
+        session: Session,
+        dialect: str,
+        request_id: msgspec.Raw,
+        tool: str,
+        exc: BrokerError,
+        call: PendingCall | None = None,
+    ) -> None:
+        if call is not None:
+            self._finish(call, error=exc)
+            return
+        session.send(self._error_frame(dialect, request_id, exc))
+        code = str(exc.code)
+        self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
+        self.calls_total += 1
+        self.record(CallRecord(time.time(), session.id, tool, None, None, code, 0.0, 0.0, None, 0, 0))
+
+    def _result_frame(self, call: PendingCall, payload: bytes) -> bytes:
+        if call.dialect != "op":
+            return self.codec.result(call.request_id, payload)
+        result = msgspec.json.decode(payload, type=_ToolResult)
+        outputs = [c for c in result.content if isinstance(c, dict)]
+        text = "\n".join(str(c.get("text", "")) for c in outputs if c.get("type") == "text")
+        frame: dict[str, Any] = {
+            "op": "call_tool_res", "request_id": call.request_id, "outputs": outputs, "text": text,
+            "isError": result.isError,
+        }
+        if result.structuredContent is not None:
+            frame["structuredContent"] = result.structuredContent
+        if result.isError:
+            frame["error"] = {"code": str(ErrorCode.EXEC_ERROR), "message": text}
+        return self.codec.encode(frame)
+
+    def _error_frame(self, dialect: str, request_id: msgspec.Raw, exc: BrokerError) -> bytes:
+        if dialect == "op":
+            return self.codec.op_error("call_tool_res", request_id, exc)
+        return self.codec.error(request_id, exc)
+
+    # --- views -----------------------------------------------------------------------
+
+    def inflight(self) -> int:
+        return sum(1 for c in self.calls.values() if not c.done)

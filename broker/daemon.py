@@ -1,0 +1,288 @@
+"""The daemon: wires settings, workers, scheduler, sessions and the front end together,
+and runs them from start-up to a graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from broker import __version__
+from broker.app import create_app
+from broker.auth import Auth
+from broker.calls import CallManager
+from broker.catalog import Catalog
+from broker.connection import WsConnection
+from broker.dispatch import FrameRouter
+from broker.frames import FrameCodec
+from broker.health import HealthFile
+from broker.metrics import MetricsWriter
+from broker.protocol import ShuttingDown
+from broker.scheduler import Scheduler
+from broker.session import SessionRegistry
+from broker.settings import Settings
+from broker.supervisor import PoolFailure, Supervisor, WorkerHandle, worker_environment
+
+__all__ = ["EXIT_BIND", "EXIT_POOL", "Daemon"]
+
+log = logging.getLogger("broker")
+
+EXIT_OK = 0
+EXIT_BIND = 3
+EXIT_POOL = 4
+CLOSE_GOING_AWAY = 1001
+HEALTH_FILE = "ws_daemon.health.json"
+METRICS_FILE = "ws_daemon.metrics.jsonl"
+
+
+class Daemon:
+    """One instance per process. `run` returns the process exit code."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.environ = dict(environ)
+        self.started_at = time.time()
+        self.draining = False
+        self.ready = False
+        self.connections: weakref.WeakSet[WsConnection] = weakref.WeakSet()
+        self.auth = Auth(settings.token)
+        self.log_dir = Path(settings.log_dir)
+        self._stop = asyncio.Event()
+        self._fatal: str | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # --- assembly --------------------------------------------------------------------
+
+    def _build(self) -> None:
+        settings = self.settings
+        self.loop = asyncio.get_running_loop()
+        self.metrics = MetricsWriter(
+            self.log_dir / METRICS_FILE,
+            max_bytes=settings.metrics_max_bytes,
+            backups=settings.metrics_backups,
+            queue_max=settings.metrics_queue_max,
+        )
+        self.scheduler = Scheduler(
+            session_cap=settings.session_max_inflight,
+            global_cap=settings.global_max_inflight,
+            provider_caps=settings.provider_caps,
+            queue_max_depth=settings.queue_max_depth,
+        )
+        overrides = {
+            "EXAI_DIAGNOSTIC_TOOLS": "1" if settings.diagnostic_tools else "0",
+            "EXAI_SERVER": settings.server,
+            "DEFAULT_MODEL": settings.default_model,
+            "EXAI_LOG_LEVEL": settings.log_level,
+            "EXAI_WORKERS": str(settings.workers),
+        }
+        self.supervisor = Supervisor(
+            size=settings.workers,
+            env=worker_environment(self.environ, overrides),
+            on_ready=self._worker_ready,
+            on_message=lambda w, m: self.calls.handle_worker_message(w, m),
+            on_lost=lambda w, ids, why: self.calls.handle_worker_lost(w, ids, why),
+            on_fatal=self._pool_failed,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        )
+        self.codec = FrameCodec()
+        self.calls = CallManager(settings, self.scheduler, self.supervisor, self.codec,
+                                 self.metrics.record)
+        self.sessions = SessionRegistry(settings.resume_grace_s, settings.send_buffer_bytes)
+        self.router = FrameRouter(settings, self.codec, self.calls, self.sessions, self.auth,
+                                  self.snapshot)
+        self.health = HealthFile(self.log_dir / HEALTH_FILE, self.snapshot,
+                                 settings.health_interval_s)
+
+    def _worker_ready(self, worker: WorkerHandle) -> None:
+        if worker.ready is not None and not self.calls.catalog.tools:
+            self.calls.catalog = Catalog.from_ready(worker.ready)
+
+    def _pool_failed(self, message: str) -> None:
+        self._fatal = message
+        self._stop.set()
+
+    # --- running ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        t0 = time.perf_counter()
+        self._build()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log.info("Starting WS daemon on %s", self.settings.url)
+        try:
+            sock = bind_socket(self.settings.host, self.settings.port)
+        except OSError as exc:
+            log.error("cannot listen on %s: %s (is another daemon running?)", self.settings.url, exc)
+            return EXIT_BIND
+        self.port = sock.getsockname()[1]
+        self._metrics_task = asyncio.get_running_loop().create_task(self.metrics.run())
+        try:
+            await self.supervisor.start()
+        except PoolFailure as exc:
+            log.error("worker pool failed to start: %s", exc)
+            await self.supervisor.stop(0.5)
+            await self._close_files()
+            sock.close()
+            return EXIT_POOL
+        self.runner = web.AppRunner(create_app(self), handle_signals=False, access_log=None)
+        await self.runner.setup()
+        site = web.SockSite(self.runner, sock)
+        await site.start()
+        self.ready = True
+        self._spawn(self.health.run())
+        self._spawn(self._reap_sessions())
+        self._install_signals()
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        log.info("ready in %.0f ms: %d workers, %d tools, listening on %s", elapsed_ms,
+                 self.settings.workers, len(self.calls.catalog.tools), self._public_url())
+        await self._stop.wait()
+        await self.shutdown(site)
+        return EXIT_POOL if self._fatal else EXIT_OK
+
+    def _public_url(self) -> str:
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        return f"ws://{host}:{self.port}"
+
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("shutdown requested")
+            self._stop.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for name in ("SIGINT", "SIGTERM"):
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (NotImplementedError, RuntimeError):
+                # Windows: no loop signal handlers; Ctrl+C arrives through signal.signal.
+                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(self.request_stop))
+
+    async def shutdown(self, site: web.BaseSite) -> None:
+        """Stop accepting, let calls finish within the grace, then close everything."""
+        self.draining = True
+        self.calls.shutting_down = True
+        await site.stop()
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        while self.calls.inflight() and time.monotonic() < deadline and not self._fatal:
+            await asyncio.sleep(0.05)
+        for call in list(self.calls.calls.values()):
+            if not call.done:
+                self.calls.fail(call, ShuttingDown("the daemon shut down before the call finished"))
+        for conn in list(self.connections):
+            conn.close(CLOSE_GOING_AWAY, "daemon shutting down")
+        senders = [c.sender for c in list(self.connections)]
+        if senders:
+            await asyncio.wait(senders, timeout=2.0)
+        await self.supervisor.stop(grace_s=1.0)
+        await self.runner.cleanup()
+        await self._close_files()
+        log.info("stopped")
+
+    async def _close_files(self) -> None:
+        await self.metrics.close()
+        try:
+            await asyncio.wait_for(self._metrics_task, 10.0)
+        except TimeoutError:
+            log.error("metrics writer did not finish flushing")
+        for task in self._tasks:
+            task.cancel()
+        if hasattr(self, "health"):
+            await self.health.write()
+
+    async def _reap_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for session in self.sessions.expired(time.monotonic()):
+                log.info("session %s ended (no reconnect within %g s)", session.id[:8],
+                         self.settings.resume_grace_s)
+                self.calls.end_session(session)
+                self.sessions.forget(session)
+
+    def connection_closed(self, conn: WsConnection) -> None:
+        session = conn.session
+        if session is None or session.send_fn != conn.send:
+            return
+        if conn.dialect == "op" and self.settings.resume_grace_s > 0 and not self.draining:
+            session.detach(time.monotonic())
+            log.info("session %s disconnected; kept %g s for a reconnect", session.id[:8],
+                     self.settings.resume_grace_s)
+        else:
+            self.calls.end_session(session)
+            self.sessions.forget(session)
+            log.info("session %s closed", session.id[:8])
+
+    # --- health ----------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        settings = self.settings
+        scheduler = self.scheduler
+        return {
+            "t": time.time(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "python": sys.version.split()[0],
+            "host": settings.host,
+            "port": getattr(self, "port", settings.port),
+            "ready": self.ready,
+            "draining": self.draining,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "sessions": self.sessions.attached_count,
+            "sessions_detached": len(self.sessions.sessions) - self.sessions.attached_count,
+            "inflight": {
+                "global": scheduler.inflight_global,
+                "providers": dict(scheduler.inflight_by_provider),
+            },
+            "queued": scheduler.queued_total,
+            "capacity": {
+                "session": settings.session_max_inflight,
+                "global": settings.global_max_inflight,
+                "providers": dict(settings.provider_caps),
+            },
+            "workers": [
+                {"slot": w.slot, "pid": w.pid, "state": w.state, "inflight": len(w.calls),
+                 "restarts": w.restarts, "served": w.served}
+                for w in self.supervisor.workers
+            ],
+            "tools": len(self.calls.catalog.tools),
+            "calls_total": self.calls.calls_total,
+            "errors_by_code": dict(self.calls.errors_by_code),
+            "bad_frames": self.router.stats.bad_frames,
+            "metrics_dropped": self.metrics.dropped,
+            "metrics_written": self.metrics.written,
+        }
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen before the workers start: the port is the single-daemon lock."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if sys.platform == "win32":
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_EXCLUSIVEADDRUSE", 0), 1)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,135 @@
+"""The metrics JSONL file: one line per finished call, written off the call path.
+
+Calls only append a record to a bounded in-memory queue; one writer task batches
+the queue to disk with aiofiles. A full queue drops (and counts) instead of
+blocking a call; a failing disk is logged and retried, never fatal; the file
+rotates by size with numbered backups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+import msgspec
+
+__all__ = ["MetricsWriter"]
+
+log = logging.getLogger("broker.metrics")
+
+RETRY_MAX_S = 5.0
+# Lines kept for a retry while the disk refuses writes; past this they are dropped.
+RETRY_BUFFER_MAX = 200_000
+
+
+class MetricsWriter:
+    def __init__(self, path: Path, *, max_bytes: int, backups: int, queue_max: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.queue_max = queue_max
+        self.dropped = 0
+        self.written = 0
+        self._queue: deque[Any] = deque()
+        self._pending = bytearray()
+        self._pending_lines = 0
+        self._wake = asyncio.Event()
+        self._encoder = msgspec.json.Encoder()
+        self._closing = False
+        self._size = -1
+
+    def record(self, record: Any) -> None:
+        """Queue one record (a msgspec-encodable object). Never blocks, never raises."""
+        if len(self._queue) >= self.queue_max:
+            self.dropped += 1
+            return
+        self._queue.append(record)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue) + self._pending_lines
+
+    async def run(self) -> None:
+        """The writer task: batch, write, rotate; returns after `close` has flushed."""
+        delay_s = 0.1
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._take_queue()
+            if self._pending:
+                try:
+                    await self._write_pending()
+                    delay_s = 0.1
+                except OSError as exc:
+                    log.error("cannot write %s (%s); retrying in %.1f s", self.path, exc, delay_s)
+                    if self._closing:
+                        return
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(RETRY_MAX_S, delay_s * 2)
+                    self._wake.set()
+                    continue
+            if self._closing and not self._queue:
+                return
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Flush every queued line, then stop the writer."""
+        self._closing = True
+        self._wake.set()
+
+    def _take_queue(self) -> None:
+        encode = self._encoder.encode
+        out = self._pending
+        queue = self._queue
+        while queue:
+            out += encode(queue.popleft())
+            out += b"\n"
+            self._pending_lines += 1
+        if len(out) > RETRY_BUFFER_MAX * 200:
+            # The disk has been failing for a long time: keep the newest lines only.
+            cut = out.index(b"\n", len(out) // 2) + 1
+            self.dropped += out[:cut].count(b"\n")
+            self._pending_lines -= out[:cut].count(b"\n")
+            del out[:cut]
+
+    async def _write_pending(self) -> None:
+        if self._size < 0:
+            self._size = await _file_size(self.path)
+        if self._size > 0 and self._size + len(self._pending) > self.max_bytes:
+            await self._rotate()
+        data = bytes(self._pending)
+        async with aiofiles.open(self.path, "ab") as fh:
+            await fh.write(data)
+        self._size += len(data)
+        self.written += self._pending_lines
+        self._pending.clear()
+        self._pending_lines = 0
+
+    async def _rotate(self) -> None:
+        if self.backups <= 0:
+            await aiofiles.os.remove(self.path)
+        else:
+            for index in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{index}")
+                if await aiofiles.os.path.exists(older):
+                    await aiofiles.os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+            await aiofiles.os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._size = 0
+
+
+async def _file_size(path: Path) -> int:
+    try:
+        return (await aiofiles.os.stat(path)).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def ensure_dir(path: Path) -> None:
+    os.makedirs(path, exist_ok=True)

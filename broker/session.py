@@ -1,0 +1,109 @@
+"""A client session: its identity, its calls in flight, and where its answers go.
+
+A session outlives its connection for a grace period, so a shim that reconnects
+with the same session id receives what it missed. While detached, answers are
+held in a bounded outbox.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Outbound", "Session"]
+
+Outbound = Callable[[bytes], None]
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Session:
+    """One client's view of the daemon. Request ids are keys only within a session."""
+
+    id: str
+    acks: bool = False
+    protocol_version: str | None = None
+    calls: dict[bytes, Any] = dataclasses.field(default_factory=dict)
+    send_fn: Outbound | None = None
+    outbox: deque[bytes] = dataclasses.field(default_factory=deque)
+    outbox_bytes: int = 0
+    outbox_max_bytes: int = 64 * 1024 * 1024
+    outbox_max_frames: int = 10_000
+    outbox_dropped: int = 0
+    detached_at: float | None = None
+    opened_at: float = dataclasses.field(default_factory=time.time)
+    calls_total: int = 0
+    closed: bool = False
+
+    @property
+    def attached(self) -> bool:
+        return self.send_fn is not None
+
+    def send(self, data: bytes) -> None:
+        """Deliver a frame now, or hold it for the reconnect if the connection is gone."""
+        send_fn = self.send_fn
+        if send_fn is not None:
+            send_fn(data)
+            return
+        if self.closed:
+            return
+        if len(self.outbox) >= self.outbox_max_frames or (
+            self.outbox_bytes + len(data) > self.outbox_max_bytes
+        ):
+            self.outbox_dropped += 1
+            return
+        self.outbox.append(data)
+        self.outbox_bytes += len(data)
+
+    def attach(self, send_fn: Outbound) -> list[bytes]:
+        """Bind a connection; returns the frames held while detached, in order."""
+        self.send_fn = send_fn
+        self.detached_at = None
+        held = list(self.outbox)
+        self.outbox.clear()
+        self.outbox_bytes = 0
+        return held
+
+    def detach(self, now: float) -> None:
+        self.send_fn = None
+        self.detached_at = now
+
+
+class SessionRegistry:
+    """All sessions by id, attached or waiting out their resume grace."""
+
+    def __init__(self, resume_grace_s: float, outbox_max_bytes: int) -> None:
+        self.resume_grace_s = resume_grace_s
+        self.outbox_max_bytes = outbox_max_bytes
+        self.sessions: dict[str, Session] = {}
+        self.opened_total = 0
+
+    def open(self, session_id: str, send_fn: Outbound, acks: bool) -> tuple[Session, bool, list[bytes]]:
+        """Attach a connection to a session: (session, resumed, frames held while away)."""
+        session = self.sessions.get(session_id)
+        if session is not None and not session.closed:
+            held = session.attach(send_fn)
+            session.acks = acks
+            return session, True, held
+        session = Session(session_id, acks=acks, outbox_max_bytes=self.outbox_max_bytes)
+        session.attach(send_fn)
+        self.sessions[session_id] = session
+        self.opened_total += 1
+        return session, False, []
+
+    def expired(self, now: float) -> list[Session]:
+        """Detached sessions whose grace is over (the caller ends and forgets them)."""
+        return [
+            s for s in self.sessions.values()
+            if s.detached_at is not None and now - s.detached_at >= self.resume_grace_s
+        ]
+
+    def forget(self, session: Session) -> None:
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+
+    @property
+    def attached_count(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.attached)

@@ -1,0 +1,276 @@
+"""Configuration: one frozen Settings value built from defaults < .env < environment < CLI.
+
+Pure apart from reading the `.env` file and `os.environ` in `collect_environment`.
+Imported by the shim too, so it must stay light (python-dotenv is imported lazily,
+only when a .env file exists).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_PROVIDER_CAPS",
+    "Settings",
+    "SettingsError",
+    "ShimSettings",
+    "collect_environment",
+    "load_settings",
+    "load_shim_settings",
+]
+
+DEFAULT_PROVIDER_CAPS = {"kimi": 6, "glm": 4}
+_PROVIDER_CAP_RE = re.compile(r"^EXAI_WS_([A-Z0-9]+)_MAX_INFLIGHT$")
+_NOT_PROVIDERS = {"SESSION", "GLOBAL"}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingsError(ValueError):
+    """An invalid configuration value; the message is the one line the user sees."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the daemon and its workers are configured with."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str = ""
+    max_frame_bytes: int = 33_554_432
+    ping_interval_s: float = 25.0
+    ping_timeout_s: float = 10.0
+    hello_timeout_s: float = 5.0
+    call_timeout_s: float = 120.0
+    session_max_inflight: int = 8
+    global_max_inflight: int = 24
+    provider_caps: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_PROVIDER_CAPS)
+    )
+    queue_timeout_s: float = 0.0
+    queue_max_depth: int = 256
+    resume_grace_s: float = 60.0
+    send_buffer_bytes: int = 16 * 1024 * 1024
+    allowed_origins: tuple[str, ...] = ()
+    workers: int = 4
+    log_dir: str = "logs"
+    log_level: str = "INFO"
+    diagnostic_tools: bool = False
+    server: str = ""
+    default_model: str = "glm-4.5-flash"
+    metrics_max_bytes: int = 64 * 1024 * 1024
+    metrics_backups: int = 3
+    metrics_queue_max: int = 100_000
+    health_interval_s: float = 2.0
+    shutdown_grace_s: float = 10.0
+    heartbeat_interval_s: float = 5.0
+    heartbeat_timeout_s: float = 30.0
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShimSettings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str = ""
+    rpc_timeout_s: float = 30.0
+    max_frame_bytes: int = 33_554_432
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}"
+
+
+# --- value parsers: each returns the parsed value or raises ValueError("expected ...") ---
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip(), 10)
+        except ValueError:
+            raise ValueError(_expected_int(lo, hi)) from None
+        if value < lo or (hi is not None and value > hi):
+            raise ValueError(_expected_int(lo, hi))
+        return value
+
+    return parse
+
+
+def _expected_int(lo: int, hi: int | None) -> str:
+    return f"expected an integer from {lo} to {hi}" if hi is not None else f"expected an integer >= {lo}"
+
+
+def _float(lo: float, *, exclusive: bool = False) -> Callable[[str], float]:
+    what = f"expected a number {'>' if exclusive else '>='} {lo:g}"
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(what) from None
+        if value != value or value < lo or (exclusive and value == lo) or value == float("inf"):
+            raise ValueError(what)
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _token(raw: str) -> str:
+    # A token with inner whitespace is almost always a pasted comment or a typo, and
+    # it could never be sent in an Authorization header.
+    value = raw.strip()
+    if any(c.isspace() for c in value):
+        raise ValueError("expected a token without whitespace (is there a comment on that line?)")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in _LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}")
+    return value
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+
+
+_DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "EXAI_WS_HOST": ("host", _str),
+    "EXAI_WS_PORT": ("port", _int(0, 65535)),
+    "EXAI_WS_TOKEN": ("token", _token),
+    "EXAI_WS_MAX_BYTES": ("max_frame_bytes", _int(1024)),
+    "EXAI_WS_PING_INTERVAL": ("ping_interval_s", _float(0, exclusive=True)),
+    "EXAI_WS_PING_TIMEOUT": ("ping_timeout_s", _float(0, exclusive=True)),
+    "EXAI_WS_HELLO_TIMEOUT": ("hello_timeout_s", _float(0, exclusive=True)),
+    "EXAI_WS_CALL_TIMEOUT": ("call_timeout_s", _float(0, exclusive=True)),
+    "EXAI_WS_SESSION_MAX_INFLIGHT": ("session_max_inflight", _int(1)),
+    "EXAI_WS_GLOBAL_MAX_INFLIGHT": ("global_max_inflight", _int(1)),
+    "EXAI_WS_QUEUE_TIMEOUT": ("queue_timeout_s", _float(0)),
+    "EXAI_WS_QUEUE_MAX_DEPTH": ("queue_max_depth", _int(1)),
+    "EXAI_WS_RESUME_GRACE": ("resume_grace_s", _float(0)),
+    "EXAI_WS_SEND_BUFFER_BYTES": ("send_buffer_bytes", _int(65536)),
+    "EXAI_WS_ALLOWED_ORIGINS": ("allowed_origins", _origins),
+    "EXAI_WORKERS": ("workers", _int(1, 256)),
+    "EXAI_LOG_DIR": ("log_dir", _str),
+    "EXAI_LOG_LEVEL": ("log_level", _log_level),
+    "EXAI_DIAGNOSTIC_TOOLS": ("diagnostic_tools", _bool),
+    "EXAI_SERVER": ("server", _str),
+    "DEFAULT_MODEL": ("default_model", _str),
+    "EXAI_METRICS_MAX_BYTES": ("metrics_max_bytes", _int(4096)),
+    "EXAI_METRICS_BACKUPS": ("metrics_backups", _int(0, 100)),
+    "EXAI_METRICS_QUEUE_MAX": ("metrics_queue_max", _int(1)),
+    "EXAI_HEALTH_INTERVAL": ("health_interval_s", _float(0, exclusive=True)),
+    "EXAI_SHUTDOWN_GRACE": ("shutdown_grace_s", _float(0)),
+    "EXAI_WORKER_HEARTBEAT_INTERVAL": ("heartbeat_interval_s", _float(0, exclusive=True)),
+    "EXAI_WORKER_HEARTBEAT_TIMEOUT": ("heartbeat_timeout_s", _float(0, exclusive=True)),
+}
+
+_SHIM_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "EXAI_WS_HOST": ("host", _str),
+    "EXAI_WS_PORT": ("port", _int(1, 65535)),
+    "EXAI_WS_TOKEN": ("token", _token),
+    "EXAI_SHIM_RPC_TIMEOUT": ("rpc_timeout_s", _float(0, exclusive=True)),
+    "EXAI_WS_MAX_BYTES": ("max_frame_bytes", _int(1024)),
+}
+
+# CLI flag -> environment variable it overrides, so flags and variables share one parser.
+CLI_TO_ENV = {
+    "host": "EXAI_WS_HOST",
+    "port": "EXAI_WS_PORT",
+    "token": "EXAI_WS_TOKEN",
+    "workers": "EXAI_WORKERS",
+    "log_dir": "EXAI_LOG_DIR",
+    "log_level": "EXAI_LOG_LEVEL",
+    "server": "EXAI_SERVER",
+}
+
+
+def collect_environment(env_file: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """The merged environment: `.env` values overridden by the process environment.
+
+    `env_file` None means `./.env` if present. An explicit file that does not exist is
+    an error, since the user asked for it by name.
+    """
+    merged: dict[str, str] = {}
+    path = Path(env_file) if env_file is not None else Path(".env")
+    if env_file is not None and not path.is_file():
+        raise SettingsError(f"--env-file {path}: no such file")
+    if path.is_file():
+        from dotenv import dotenv_values  # noqa: PLC0415 - keeps shim start-up light
+
+        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged.update(os.environ)
+    return merged
+
+
+def _parse_fields(
+    fields: Mapping[str, tuple[str, Callable[[str], Any]]], environ: Mapping[str, str]
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for var, (attr, parse) in fields.items():
+        raw = environ.get(var)
+        if raw is None:
+            continue
+        try:
+            values[attr] = parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{var}={raw!r}: {exc}") from None
+    return values
+
+
+def _provider_caps(environ: Mapping[str, str]) -> dict[str, int]:
+    caps = dict(DEFAULT_PROVIDER_CAPS)
+    parse = _int(1)
+    for var, raw in environ.items():
+        match = _PROVIDER_CAP_RE.match(var)
+        if not match or match.group(1) in _NOT_PROVIDERS:
+            continue
+        try:
+            caps[match.group(1).lower()] = parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{var}={raw!r}: {exc}") from None
+    return caps
+
+
+def load_settings(
+    environ: Mapping[str, str], cli: Mapping[str, object] | None = None
+) -> Settings:
+    """Build Settings from a merged environment and CLI flags (flags win)."""
+    env = dict(environ)
+    for flag, value in (cli or {}).items():
+        if value is not None and flag in CLI_TO_ENV:
+            env[CLI_TO_ENV[flag]] = str(value)
+    values = _parse_fields(_DAEMON_FIELDS, env)
+    values["provider_caps"] = _provider_caps(env)
+    if not values.get("host", "127.0.0.1"):
+        raise SettingsError("EXAI_WS_HOST='': expected a host name or address")
+    return Settings(**values)
+
+
+def load_shim_settings(environ: Mapping[str, str]) -> ShimSettings:
+    """Build the shim's settings from a merged environment."""
+    return ShimSettings(**_parse_fields(_SHIM_FIELDS, environ))

@@ -1,0 +1,444 @@
+"""Unit tests for the sans-I/O WebSocket framing and handshake helpers."""
+
+import base64
+import itertools
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shim.wsframes import (
+    FrameParser,
+    HandshakeError,
+    Message,
+    Opcode,
+    ProtocolError,
+    accept_for,
+    encode_close,
+    encode_frame,
+    handshake_request,
+    make_key,
+    mask_payload,
+    parse_close,
+    parse_handshake_response,
+)
+
+MiB = 1024 * 1024
+SIZES = [0, 1, 125, 126, 65535, 65536, MiB]
+
+
+def server_frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    mask_key: bytes | None = None,
+    length_override: int | None = None,
+) -> bytes:
+    """Reference encoder for server-to-client frames (unmasked unless asked)."""
+    n = len(payload) if length_override is None else length_override
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    mbit = 0x80 if mask_key is not None else 0
+    if n < 126:
+        head = bytes([b0, mbit | n])
+    elif n < 1 << 16:
+        head = bytes([b0, mbit | 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([b0, mbit | 127]) + struct.pack("!Q", n)
+    if mask_key is not None:
+        return head + mask_key + reference_xor(payload, mask_key)
+    return head + payload
+
+
+def reference_xor(payload: bytes, key: bytes) -> bytes:
+    return bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def decode_client_frame(frame: bytes) -> tuple[bool, int, bytes, bytes]:
+    """Decode a masked client frame independently of the module under test."""
+    b0, b1 = frame[0], frame[1]
+    assert b1 & 0x80, "client frames must be masked"
+    n = b1 & 0x7F
+    pos = 2
+    if n == 126:
+        (n,) = struct.unpack_from("!H", frame, 2)
+        pos = 4
+    elif n == 127:
+        (n,) = struct.unpack_from("!Q", frame, 2)
+        pos = 10
+    key = frame[pos : pos + 4]
+    body = frame[pos + 4 :]
+    assert len(body) == n
+    return bool(b0 & 0x80), b0 & 0x0F, key, body
+
+
+# --- keys and handshake -------------------------------------------------------
+
+
+def test_accept_for_rfc_example() -> None:
+    # The worked example from RFC 6455 section 1.3.
+    assert accept_for("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_make_key_is_random_16_bytes() -> None:
+    k1, k2 = make_key(), make_key()
+    assert k1 != k2
+    assert len(base64.b64decode(k1, validate=True)) == 16
+
+
+def test_handshake_request_contents() -> None:
+    req = handshake_request(
+        "127.0.0.1",
+        8765,
+        "/mcp?x=1",
+        "KEY==",
+        headers={"Authorization": "Bearer abc"},
+        subprotocols=["mcp", "mcp.v2"],
+    )
+    assert req.endswith(b"\r\n\r\n")
+    lines = req.decode("latin-1").split("\r\n")
+    assert lines[0] == "GET /mcp?x=1 HTTP/1.1"
+    headers = {k.lower(): v for k, _, v in (ln.partition(": ") for ln in lines[1:] if ln)}
+    assert headers["host"] == "127.0.0.1:8765"
+    assert headers["upgrade"] == "websocket"
+    assert headers["connection"] == "Upgrade"
+    assert headers["sec-websocket-key"] == "KEY=="
+    assert headers["sec-websocket-version"] == "13"
+    assert headers["sec-websocket-protocol"] == "mcp, mcp.v2"
+    assert headers["authorization"] == "Bearer abc"
+    assert "origin" not in headers
+
+
+def test_handshake_request_minimal_and_ipv6() -> None:
+    req = handshake_request("::1", 80, "/", "K")
+    text = req.decode("latin-1")
+    assert "Host: [::1]:80\r\n" in text
+    assert "Sec-WebSocket-Protocol" not in text
+    assert "Origin" not in text
+
+
+@pytest.mark.parametrize(
+    ("headers", "path"),
+    [
+        ({"Origin": "http://evil"}, "/"),
+        ({"Host": "x"}, "/"),
+        ({"X-Bad": "a\r\nInjected: 1"}, "/"),
+        ({"Bad Name": "v"}, "/"),
+        (None, "no-slash"),
+        (None, "/a b"),
+    ],
+)
+def test_handshake_request_rejects_bad_input(headers: dict[str, str] | None, path: str) -> None:
+    with pytest.raises(ValueError):
+        handshake_request("127.0.0.1", 1, path, "K", headers=headers)
+
+
+def _response(key: str, *, accept: str | None = None, extra: str = "") -> bytes:
+    acc = accept_for(key) if accept is None else accept
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {acc}\r\n"
+        f"{extra}"
+        "\r\n"
+    ).encode("latin-1")
+
+
+def test_parse_handshake_response_good() -> None:
+    key = make_key()
+    resp = parse_handshake_response(
+        _response(key, extra="Sec-WebSocket-Protocol: mcp\r\nX-Thing: 1\r\n"), key, ["mcp"]
+    )
+    assert resp.status == 101
+    assert resp.reason == "Switching Protocols"
+    assert resp.subprotocol == "mcp"
+    assert resp.headers["x-thing"] == "1"
+    assert resp.headers["upgrade"] == "websocket"
+
+
+def test_parse_handshake_response_no_subprotocol() -> None:
+    key = make_key()
+    assert parse_handshake_response(_response(key), key).subprotocol is None
+
+
+def test_parse_handshake_response_bad_accept() -> None:
+    key = make_key()
+    with pytest.raises(HandshakeError) as ei:
+        parse_handshake_response(_response(key, accept=accept_for(make_key())), key)
+    assert ei.value.status == 101
+    assert "Accept" in ei.value.body_hint
+
+
+def test_parse_handshake_response_401() -> None:
+    head = (
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 12\r\n"
+        b'WWW-Authenticate: Bearer realm="x"\r\n\r\n'
+    )
+    with pytest.raises(HandshakeError) as ei:
+        parse_handshake_response(head, make_key())
+    assert ei.value.status == 401
+    assert ei.value.reason == "Unauthorized"
+    assert ei.value.headers["content-length"] == "12"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 abc Nope\r\n\r\n",
+    ],
+)
+def test_parse_handshake_response_malformed(head: bytes) -> None:
+    with pytest.raises(HandshakeError) as ei:
+        parse_handshake_response(head, "K")
+    assert ei.value.status == 0
+
+
+def test_parse_handshake_response_rejects_extension_and_unoffered_protocol() -> None:
+    key = make_key()
+    with pytest.raises(HandshakeError):
+        parse_handshake_response(
+            _response(key, extra="Sec-WebSocket-Extensions: permessage-deflate\r\n"), key
+        )
+    with pytest.raises(HandshakeError):
+        parse_handshake_response(
+            _response(key, extra="Sec-WebSocket-Protocol: other\r\n"), key, ["mcp"]
+        )
+
+
+def test_parse_handshake_response_missing_upgrade() -> None:
+    key = make_key()
+    head = f"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: {accept_for(key)}\r\n\r\n".encode()
+    with pytest.raises(HandshakeError):
+        parse_handshake_response(head, key)
+
+
+# --- encoding -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_encode_frame_lengths_and_masking(size: int) -> None:
+    payload = bytes(i % 251 for i in range(size))
+    key = b"\x01\x80\xfe\x37"
+    frame = encode_frame(Opcode.BINARY, payload, key)
+    fin, opcode, got_key, body = decode_client_frame(frame)
+    assert fin and opcode == Opcode.BINARY and got_key == key
+    header_len = 2 + (0 if size < 126 else 2 if size < 65536 else 8) + 4
+    assert len(frame) == header_len + size
+    assert body == reference_xor(payload, key)
+    assert mask_payload(body, key) == payload
+
+
+def test_encode_frame_random_mask_and_fin_flag() -> None:
+    f1 = encode_frame(Opcode.TEXT, b"hello")
+    f2 = encode_frame(Opcode.TEXT, b"hello")
+    assert f1[2:6] != f2[2:6] or f1 != f2
+    fin, _, _, _ = decode_client_frame(encode_frame(Opcode.TEXT, b"x", fin=False))
+    assert not fin
+
+
+def test_mask_payload_matches_reference_for_odd_lengths() -> None:
+    key = b"\xaa\x55\x0f\xf0"
+    for n in range(0, 13):
+        data = bytes(range(n))
+        assert mask_payload(data, key) == reference_xor(data, key)
+
+
+@pytest.mark.parametrize("size", [262143, 262144, 262147, 2 * 262144 + 5])
+def test_mask_payload_chunked_path_matches_reference(size: int) -> None:
+    key = b"\x9c\x01\x7e\xe3"
+    data = bytes(i * 7 % 256 for i in range(size))
+    assert mask_payload(data, key) == reference_xor(data, key)
+
+
+def test_encode_frame_rejects_bad_control_frames() -> None:
+    with pytest.raises(ValueError):
+        encode_frame(Opcode.PING, b"x" * 126)
+    with pytest.raises(ValueError):
+        encode_frame(Opcode.PING, b"", fin=False)
+    with pytest.raises(ValueError):
+        encode_frame(3, b"")
+    with pytest.raises(ValueError):
+        encode_frame(Opcode.TEXT, b"", mask_key=b"abc")
+
+
+def test_encode_close_and_parse_close() -> None:
+    _, opcode, key, body = decode_client_frame(encode_close(4003, "bye"))
+    assert opcode == Opcode.CLOSE
+    payload = mask_payload(body, key)
+    assert parse_close(payload) == (4003, "bye")
+    assert parse_close(b"") == (1005, "")
+    # 1005 may not go on the wire, so it encodes as an empty close.
+    _, _, key, body = decode_client_frame(encode_close(1005, "ignored"))
+    assert body == b""
+
+
+def test_encode_close_truncates_reason_on_char_boundary() -> None:
+    _, _, key, body = decode_client_frame(encode_close(1000, "é" * 100))
+    payload = mask_payload(body, key)
+    assert len(payload) <= 125
+    code, reason = parse_close(payload)
+    assert code == 1000 and set(reason) == {"é"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"\x03", 1002),
+        (struct.pack("!H", 999), 1002),
+        (struct.pack("!H", 1005), 1002),
+        (struct.pack("!H", 1006), 1002),
+        (struct.pack("!H", 5000), 1002),
+        (struct.pack("!H", 1000) + b"\xff", 1007),
+    ],
+)
+def test_parse_close_invalid(payload: bytes, code: int) -> None:
+    with pytest.raises(ProtocolError) as ei:
+        parse_close(payload)
+    assert ei.value.code == code
+
+
+# --- parsing ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_parser_roundtrip_unmasked(size: int) -> None:
+    payload = bytes(i % 253 for i in range(size))
+    parser = FrameParser(2 * MiB)
+    assert parser.feed(server_frame(Opcode.BINARY, payload)) == [Message(Opcode.BINARY, payload)]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_parser_roundtrip_masked(size: int) -> None:
+    payload = bytes(i % 241 for i in range(size))
+    parser = FrameParser(2 * MiB)
+    assert parser.feed(encode_frame(Opcode.TEXT, payload)) == [Message(Opcode.TEXT, payload)]
+
+
+def test_parser_byte_by_byte() -> None:
+    stream = (
+        server_frame(Opcode.TEXT, b"hi")
+        + server_frame(Opcode.BINARY, b"x" * 300)
+        + server_frame(Opcode.PING, b"p", mask_key=b"abcd")
+        + server_frame(Opcode.BINARY, b"y" * 70000)
+    )
+    parser = FrameParser(MiB)
+    out: list[Message] = []
+    for i in range(len(stream)):
+        out.extend(parser.feed(stream[i : i + 1]))
+    assert out == [
+        Message(Opcode.TEXT, b"hi"),
+        Message(Opcode.BINARY, b"x" * 300),
+        Message(Opcode.PING, b"p"),
+        Message(Opcode.BINARY, b"y" * 70000),
+    ]
+
+
+def test_parser_many_frames_in_one_chunk() -> None:
+    stream = b"".join(server_frame(Opcode.TEXT, str(i).encode()) for i in range(1000))
+    out = FrameParser(MiB).feed(stream)
+    assert [m.payload for m in out] == [str(i).encode() for i in range(1000)]
+
+
+def test_parser_fragmented_with_interleaved_ping() -> None:
+    parser = FrameParser(MiB)
+    assert parser.feed(server_frame(Opcode.TEXT, b"he", fin=False)) == []
+    assert parser.feed(server_frame(Opcode.PING, b"!")) == [Message(Opcode.PING, b"!")]
+    assert parser.feed(server_frame(Opcode.CONTINUATION, b"ll", fin=False)) == []
+    assert parser.feed(server_frame(Opcode.PONG, b"")) == [Message(Opcode.PONG, b"")]
+    assert parser.feed(server_frame(Opcode.CONTINUATION, b"o")) == [Message(Opcode.TEXT, b"hello")]
+    # A new message may start once the fragmented one is complete.
+    assert parser.feed(server_frame(Opcode.BINARY, b"z")) == [Message(Opcode.BINARY, b"z")]
+
+
+def test_parser_close_frame_returned() -> None:
+    payload = struct.pack("!H", 4003) + b"nope"
+    (msg,) = FrameParser(10).feed(server_frame(Opcode.CLOSE, payload))
+    assert msg.opcode == Opcode.CLOSE
+    assert parse_close(msg.payload) == (4003, "nope")
+
+
+def test_parser_max_message_bytes() -> None:
+    assert FrameParser(10).feed(server_frame(Opcode.TEXT, b"x" * 10)) == [
+        Message(Opcode.TEXT, b"x" * 10)
+    ]
+    with pytest.raises(ProtocolError) as ei:
+        FrameParser(10).feed(server_frame(Opcode.TEXT, b"x" * 11))
+    assert ei.value.code == 1009
+
+
+def test_parser_max_message_bytes_rejected_from_header_alone() -> None:
+    # Only the header of a huge frame arrives: reject before buffering the body.
+    head = server_frame(Opcode.BINARY, b"", length_override=1 << 40)
+    with pytest.raises(ProtocolError) as ei:
+        FrameParser(MiB).feed(head)
+    assert ei.value.code == 1009
+
+
+def test_parser_max_message_bytes_across_fragments() -> None:
+    parser = FrameParser(10)
+    parser.feed(server_frame(Opcode.TEXT, b"x" * 6, fin=False))
+    with pytest.raises(ProtocolError) as ei:
+        parser.feed(server_frame(Opcode.CONTINUATION, b"x" * 5))
+    assert ei.value.code == 1009
+
+
+@pytest.mark.parametrize(
+    ("frames", "needle"),
+    [
+        ([server_frame(3, b"")], "reserved opcode"),
+        ([server_frame(0xB, b"")], "reserved opcode"),
+        ([server_frame(Opcode.TEXT, b"a", rsv=4)], "RSV"),
+        ([server_frame(Opcode.TEXT, b"a", rsv=1)], "RSV"),
+        ([server_frame(Opcode.PING, b"p" * 126)], "125"),
+        ([server_frame(Opcode.PING, b"p", fin=False)], "fragmented control"),
+        ([server_frame(Opcode.CONTINUATION, b"c")], "nothing to continue"),
+        (
+            [
+                server_frame(Opcode.TEXT, b"a", fin=False),
+                server_frame(Opcode.BINARY, b"b"),
+            ],
+            "fragmented message is open",
+        ),
+        ([server_frame(Opcode.BINARY, b"", length_override=1 << 63)], "high bit"),
+    ],
+)
+def test_parser_protocol_errors(frames: list[bytes], needle: str) -> None:
+    parser = FrameParser(1 << 62)
+    with pytest.raises(ProtocolError) as ei:
+        for f in frames:
+            parser.feed(f)
+    assert ei.value.code == 1002
+    assert needle in str(ei.value)
+    # The parser stays failed instead of resynchronising on garbage.
+    with pytest.raises(ProtocolError):
+        parser.feed(server_frame(Opcode.TEXT, b"ok"))
+
+
+def test_parser_error_detected_from_first_two_bytes() -> None:
+    with pytest.raises(ProtocolError):
+        FrameParser(100).feed(server_frame(Opcode.PING, b"p" * 126)[:2])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=70000), min_size=1, max_size=4),
+    masked=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=1 << 20), max_size=8),
+)
+def test_roundtrip_arbitrary_payloads_and_splits(
+    payloads: list[bytes], masked: bool, cuts: list[int]
+) -> None:
+    if masked:
+        stream = b"".join(encode_frame(Opcode.BINARY, p) for p in payloads)
+    else:
+        stream = b"".join(server_frame(Opcode.BINARY, p) for p in payloads)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    parser = FrameParser(1 << 20)
+    out: list[Message] = []
+    for a, b in itertools.pairwise(points):
+        out.extend(parser.feed(stream[a:b]))
+    assert out == [Message(Opcode.BINARY, p) for p in payloads]

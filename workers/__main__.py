@@ -1,0 +1,156 @@
+"""A worker process: hosts the tool server and runs the calls the broker sends it.
+
+Started by the broker (`python -m workers`), never by hand. It speaks length-prefixed
+msgpack over stdin/stdout and exits when stdin reaches EOF, so it can never outlive
+the broker that started it, on any OS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+import orjson
+
+from broker.framing import FrameDecoder, FrameEncoder, FramingError
+from broker.ipc import BrokerMessage, Call, Cancel, Heartbeat, Progress, Ready, Result, Shutdown
+from broker.protocol import ErrorCode
+from broker.settings import SettingsError, load_settings
+from workers.host import ToolContext, ToolServer, error_result, load_tool_server, to_call_tool_result
+from workers.pipes import IpcPipes, take_ipc_stdout
+
+__all__ = ["Worker", "main"]
+
+log = logging.getLogger("workers")
+
+
+class Worker:
+    """Decodes broker messages, runs each call as a task, and sends results back."""
+
+    def __init__(self, server: ToolServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.loop = loop
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.decoder: FrameDecoder[BrokerMessage] = FrameDecoder(BrokerMessage)
+        self.encoder = FrameEncoder()
+        self.pipes: IpcPipes | None = None
+        self.stopping = asyncio.Event()
+        self.grace_s = 5.0
+
+    def send(self, message: Any) -> None:
+        assert self.pipes is not None
+        self.encoder.encode_into(message, self.pipes.buffer())
+        self.pipes.schedule_flush()
+
+    def announce(self) -> None:
+        tools = orjson.dumps(self.server.tools)
+        self.send(Ready(os.getpid(), tools, sorted(self.server.model_tools), self.server.name))
+
+    def handle_data(self, data: bytes) -> None:
+        try:
+            messages = self.decoder.feed(data)
+        except FramingError:
+            log.exception("corrupt IPC stream from the broker; exiting")
+            self.stopping.set()
+            return
+        for message in messages:
+            if isinstance(message, Call):
+                self.tasks[message.call_id] = self.loop.create_task(self.run_call(message))
+            elif isinstance(message, Cancel):
+                task = self.tasks.get(message.call_id)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(message, Heartbeat):
+                self.send(message)
+            elif isinstance(message, Shutdown):
+                self.grace_s = message.grace_s
+                self.stopping.set()
+
+    def handle_eof(self) -> None:
+        self.stopping.set()
+
+    def progress_sink(self, call_id: int) -> Any:
+        def sink(progress: float, total: float | None, message: str | None) -> None:
+            self.send(Progress(call_id, progress, total, message))
+
+        return sink
+
+    async def run_call(self, call: Call) -> None:
+        try:
+            arguments = orjson.loads(call.arguments) if call.arguments else {}
+            ctx = ToolContext(
+                call.call_id,
+                call.session_id,
+                call.model,
+                self.progress_sink(call.call_id) if call.want_progress else None,
+            )
+            value = await self.server.call(call.tool, arguments, ctx)
+            result = to_call_tool_result(value)
+            self.send(Result(call.call_id, orjson.dumps(result), is_error=bool(result["isError"])))
+        except asyncio.CancelledError:
+            self.send(Result(call.call_id, None, ErrorCode.CANCELLED, "cancelled"))
+        except LookupError as exc:
+            self.send(Result(call.call_id, None, ErrorCode.TOOL_NOT_FOUND, str(exc)))
+        except Exception as exc:  # a tool's failure is its caller's result, not ours
+            log.info("tool %s raised %s: %s", call.tool, type(exc).__name__, exc)
+            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self.send(Result(call.call_id, orjson.dumps(error_result(message)), is_error=True))
+        finally:
+            self.tasks.pop(call.call_id, None)
+
+    async def drain(self) -> None:
+        """Let running calls finish within the grace period, then cancel the rest."""
+        pending = list(self.tasks.values())
+        if pending:
+            _, still_running = await asyncio.wait(pending, timeout=self.grace_s)
+            for task in still_running:
+                task.cancel()
+            if still_running:
+                await asyncio.wait(still_running, timeout=1.0)
+
+
+async def serve(server: ToolServer) -> None:
+    loop = asyncio.get_running_loop()
+    worker = Worker(server, loop)
+    ipc_out = take_ipc_stdout()
+    pipes = IpcPipes(loop, sys.stdin.buffer, ipc_out, worker.handle_data, worker.handle_eof)
+    worker.pipes = pipes
+    await pipes.start()
+    worker.announce()
+    await worker.stopping.wait()
+    await worker.drain()
+    await server.aclose()
+    # Let the last results reach the pipe before the process goes away.
+    await asyncio.sleep(0)
+    pipes.schedule_flush()
+    await asyncio.sleep(0.05)
+
+
+def main() -> int:
+    try:
+        settings = load_settings(os.environ)
+    except SettingsError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    # Load the tool server before the loop starts so an import error fails fast and
+    # visibly, before Ready: the supervisor treats that as a broken configuration.
+    server = load_tool_server(settings)
+    try:
+        import uvloop  # noqa: PLC0415
+
+        uvloop.run(serve(server))
+    except ImportError:
+        asyncio.run(serve(server))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Loads the tool server a worker hosts and gives it one calling convention.
+
+A tool server is anything with a tool list and `handle_call_tool(name, arguments, ctx)`.
+`--server module` names a module exposing `TOOLS` and `handle_call_tool`; with no
+`--server` the built-in tools are hosted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from broker.settings import Settings
+
+__all__ = [
+    "ModuleToolServer",
+    "ToolContext",
+    "ToolServer",
+    "error_result",
+    "load_tool_server",
+    "to_call_tool_result",
+]
+
+ProgressSink = Callable[[float, float | None, str | None], None]
+
+
+class ToolContext:
+    """What a tool may know of and do for the call it is running."""
+
+    __slots__ = ("_progress", "call_id", "model", "session_id")
+
+    def __init__(
+        self, call_id: int, session_id: str, model: str | None, progress: ProgressSink | None
+    ) -> None:
+        self.call_id = call_id
+        self.session_id = session_id
+        self.model = model
+        self._progress = progress
+
+    async def report_progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Tell the client how far the call is; a no-op when the client asked for none."""
+        if self._progress is not None:
+            self._progress(float(progress), None if total is None else float(total), message)
+
+
+class ToolServer(Protocol):
+    name: str
+    tools: list[dict[str, Any]]
+    model_tools: frozenset[str]
+
+    async def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _tool_to_dict(tool: Any) -> dict[str, Any]:
+    if isinstance(tool, Mapping):
+        return dict(tool)
+    dump = getattr(tool, "model_dump", None)
+    if dump is None:
+        raise TypeError(f"tool {tool!r} is neither a dict nor an mcp.types.Tool")
+    result: dict[str, Any] = dump(by_alias=True, mode="json", exclude_none=True)
+    return result
+
+
+class ModuleToolServer:
+    """Hosts a module (or any object) with `TOOLS` and `handle_call_tool`."""
+
+    def __init__(
+        self,
+        name: str,
+        tools: Sequence[Any],
+        handler: Callable[[str, dict[str, Any], ToolContext], Any],
+        model_tools: frozenset[str] = frozenset(),
+    ) -> None:
+        self.name = name
+        self.tools = [_tool_to_dict(t) for t in tools]
+        self.model_tools = model_tools
+        self._handler = handler
+        self._is_async = inspect.iscoroutinefunction(handler)
+
+    async def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext) -> Any:
+        if self._is_async:
+            return await self._handler(name, arguments, ctx)
+        # Synchronous tools run in a thread so they cannot stall the worker's other calls.
+        return await asyncio.to_thread(self._handler, name, arguments, ctx)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def load_tool_server(settings: Settings) -> ToolServer:
+    """The tool server named by `settings.server`, or the built-in tools."""
+    spec = settings.server
+    if not spec:
+        from workers.builtin import BuiltinTools  # noqa: PLC0415
+
+        return BuiltinTools(settings)
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    if attr:
+        raise ValueError(f"--server {spec}: hosting an SDK server object is not available yet")
+    tools = getattr(module, "TOOLS", None)
+    handler = getattr(module, "handle_call_tool", None)
+    if tools is None or handler is None:
+        raise ValueError(f"--server {spec}: the module needs TOOLS and handle_call_tool")
+    model_tools = frozenset(getattr(module, "MODEL_TOOLS", ()))
+    return ModuleToolServer(module_name, tools, handler, model_tools)
+
+
+def error_result(message: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": message}], "isError": True}
+
+
+def to_call_tool_result(value: Any) -> dict[str, Any]:
+    """Normalise whatever a tool returned into an MCP CallToolResult object."""
+    if isinstance(value, Mapping) and "content" in value:
+        result = dict(value)
+        result.setdefault("isError", False)
+        result.pop("resultType", None)
+        return result
+    dump = getattr(value, "model_dump", None)
+    if dump is not None and hasattr(value, "content"):
+        result = dump(by_alias=True, mode="json", exclude_none=True)
+        result.pop("resultType", None)
+        result.setdefault("isError", False)
+        return dict(result)
+    if isinstance(value, str):
+        return {"content": [{"type": "text", "text": value}], "isError": False}
+    if isinstance(value, list):
+        content = [_tool_to_dict(c) for c in value]
+        return {"content": content, "isError": False}
+    if value is None:
+        return {"content": [], "isError": False}
+    import json  # noqa: PLC0415 - rare path
+
+    return {"content": [{"type": "text", "text": json.dumps(value, default=str)}], "isError": False}
+

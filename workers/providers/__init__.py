@@ -1,0 +1,1 @@
+"""OpenAI-compatible chat providers (Kimi/Moonshot, GLM/ZhipuAI)."""
