@@ -107,7 +107,9 @@ async def handle_ws(request: web.Request, daemon: Daemon) -> web.StreamResponse:
                         remote, settings.max_frame_bytes)
     finally:
         hello_timer.cancel()
-        daemon.connection_closed(conn)
+        # A client that closes with 1000 says goodbye: its session ends now instead of
+        # waiting out the resume grace.
+        daemon.connection_closed(conn, ended=ws.close_code == 1000)
         await conn.aclose()
     return ws
 

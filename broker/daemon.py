@@ -214,11 +214,12 @@ class Daemon:
                 self.calls.end_session(session)
                 self.sessions.forget(session)
 
-    def connection_closed(self, conn: WsConnection) -> None:
+    def connection_closed(self, conn: WsConnection, ended: bool) -> None:
         session = conn.session
         if session is None or session.send_fn != conn.send:
             return
-        if conn.dialect == "op" and self.settings.resume_grace_s > 0 and not self.draining:
+        resumable = conn.dialect == "op" and self.settings.resume_grace_s > 0
+        if resumable and not ended and not self.draining:
             session.detach(time.monotonic())
             log.info("session %s disconnected; kept %g s for a reconnect", session.id[:8],
                      self.settings.resume_grace_s)

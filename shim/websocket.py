@@ -180,6 +180,25 @@ class WebSocket:
             data = data.encode("utf-8")
         await self._send_data(encode_frame(Opcode.TEXT, data))
 
+    def send_text_nowait(self, data: bytes) -> bool:
+        """Queue one TEXT frame without waiting for the socket; False if closed.
+
+        The transport buffers what the kernel does not take yet; use
+        :meth:`write_buffer_size` to notice a peer that stopped reading.
+        """
+        if self.closed or self._writer.is_closing():
+            return False
+        try:
+            self._writer.write(encode_frame(Opcode.TEXT, data))
+        except OSError:
+            return False
+        return True
+
+    def write_buffer_size(self) -> int:
+        """Bytes queued in the transport and not yet sent."""
+        transport = self._writer.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
     async def send_binary(self, data: bytes) -> None:
         """Send one unfragmented BINARY frame."""
         await self._send_data(encode_frame(Opcode.BINARY, data))

@@ -1,0 +1,90 @@
+"""`python -m shim`: the MCP stdio server a client launches; forwards to the daemon.
+
+Start-up time matters (every editor window spawns one), so this imports neither
+the mcp SDK nor aiohttp: only asyncio, json and the shim's own small modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from broker.settings import SettingsError, collect_environment, load_shim_settings
+from shim.bridge import Bridge, parent_alive
+from shim.stdio import LineReader, StdoutWriter
+
+__all__ = ["main", "run"]
+
+EXIT_USAGE = 2
+PARENT_POLL_S = 1.0
+
+
+async def serve(bridge_settings: object) -> int:
+    from broker.settings import ShimSettings  # noqa: PLC0415
+
+    assert isinstance(bridge_settings, ShimSettings)
+    loop = asyncio.get_running_loop()
+    writer = StdoutWriter(loop, sys.stdout.buffer)
+    bridge = Bridge(bridge_settings, writer.write_line)
+    reader = LineReader(loop, sys.stdin.buffer, bridge.handle_client_line,
+                        bridge.handle_stdin_eof, bridge.handle_oversize)
+    await reader.start()
+    connection = loop.create_task(bridge.run_connection())
+    watchdog = loop.create_task(_watch_parent(bridge))
+    try:
+        await bridge.done.wait()
+    finally:
+        writer.flush()
+        watchdog.cancel()
+        # Give the connection a moment to close cleanly (code 1000 ends the session).
+        try:
+            await asyncio.wait_for(connection, 2.0)
+        except (TimeoutError, asyncio.CancelledError):
+            pass
+    return 0
+
+
+async def _watch_parent(bridge: Bridge) -> None:
+    """Exit when the client process dies even if it never closed our stdin."""
+    original = os.getppid()
+    while True:
+        await asyncio.sleep(PARENT_POLL_S)
+        if not parent_alive(original):
+            logging.getLogger("shim").warning("client process is gone; exiting")
+            bridge.pending.clear()
+            bridge.stdin_closed = True
+            bridge.done.set()
+            return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print("usage: python -m shim   (an MCP stdio server; configure with EXAI_WS_* variables)")
+        return 0
+    logging.basicConfig(
+        level=os.environ.get("EXAI_SHIM_LOG_LEVEL", "WARNING").upper(),
+        stream=sys.stderr,
+        format="exai-shim: %(levelname)s %(message)s",
+    )
+    try:
+        settings = load_shim_settings(collect_environment())
+    except SettingsError as exc:
+        print(f"exai-shim: invalid setting: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point (`exai-shim`)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
