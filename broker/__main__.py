@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the exai-broker daemon: one shared MCP tool server for every client.",
     )
     parser.add_argument("--host", help="listen address (EXAI_WS_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", help="listen port, 0 for any free one (EXAI_WS_PORT, default 8765)")
+    parser.add_argument(
+        "--port", help="listen port, 0 for any free one (EXAI_WS_PORT, default 8765)"
+    )
     parser.add_argument("--token", help="shared bearer token (EXAI_WS_TOKEN; default: auth off)")
     parser.add_argument("--workers", help="worker processes (EXAI_WORKERS, default 4)")
     parser.add_argument("--log-dir", help="folder for health, metrics and log (EXAI_LOG_DIR)")
@@ -60,11 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"exai-broker: invalid setting: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings)
-    from broker.daemon import Daemon  # noqa: PLC0415 - heavy imports after arg parsing
+    from broker.daemon import Daemon
 
     daemon = Daemon(settings, environ)
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         return uvloop.run(daemon.run())
     except ImportError:

@@ -43,8 +43,12 @@ def check_request(daemon: Daemon, request: web.Request) -> web.Response | None:
     settings = daemon.settings
     origin = request.headers.get("Origin")
     if origin is not None and origin.rstrip("/") not in settings.allowed_origins:
-        log.warning("refused %s %s from origin %s (not in EXAI_WS_ALLOWED_ORIGINS)",
-                    request.method, request.path, origin[:200])
+        log.warning(
+            "refused %s %s from origin %s (not in EXAI_WS_ALLOWED_ORIGINS)",
+            request.method,
+            request.path,
+            origin[:200],
+        )
         return web.Response(status=403, text="origin not allowed\n")
     host = _host_name(request.headers.get("Host", "")).lower()
     if host and not is_loopback_host(host) and host != settings.host.lower():
@@ -53,8 +57,9 @@ def check_request(daemon: Daemon, request: web.Request) -> web.Response | None:
     presented = _bearer(request)
     if daemon.auth.enabled and presented is not None and not daemon.auth.check(presented):
         log.warning("refused %s %s: wrong token", request.method, request.path)
-        return web.Response(status=401, text="unauthorized\n",
-                            headers={"WWW-Authenticate": "Bearer"})
+        return web.Response(
+            status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"}
+        )
     return None
 
 
@@ -88,7 +93,9 @@ async def handle_ws(request: web.Request, daemon: Daemon) -> web.StreamResponse:
     transport = request.transport
     remote = f"{request.remote}"
     conn = WsConnection(
-        ws, settings.send_buffer_bytes, remote,
+        ws,
+        settings.send_buffer_bytes,
+        remote,
         abort=transport.abort if transport is not None else (lambda: None),
     )
     conn.authenticated = not daemon.auth.enabled or presented is not None
@@ -103,8 +110,11 @@ async def handle_ws(request: web.Request, daemon: Daemon) -> web.StreamResponse:
             elif msg.type is WSMsgType.ERROR:
                 log.warning("connection %s closed: %s", remote, ws.exception())
         if ws.close_code == 1009:
-            log.warning("connection %s closed: frame larger than EXAI_WS_MAX_BYTES (%d)",
-                        remote, settings.max_frame_bytes)
+            log.warning(
+                "connection %s closed: frame larger than EXAI_WS_MAX_BYTES (%d)",
+                remote,
+                settings.max_frame_bytes,
+            )
     finally:
         hello_timer.cancel()
         # A client that closes with 1000 says goodbye: its session ends now instead of
@@ -126,7 +136,9 @@ async def handle_health(request: web.Request) -> web.StreamResponse:
     if refusal is not None:
         return refusal
     if daemon.auth.enabled and _bearer(request) is None:
-        return web.Response(status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"})
+        return web.Response(
+            status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"}
+        )
     return web.json_response(daemon.snapshot(), status=503 if daemon.draining else 200)
 
 

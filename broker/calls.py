@@ -47,8 +47,8 @@ STICKY_MAX = 10_000
 
 class _ToolResult(msgspec.Struct):
     content: list[dict[str, Any]] = []
-    isError: bool = False  # noqa: N815 - wire name
-    structuredContent: Any = None  # noqa: N815 - wire name
+    isError: bool = False
+    structuredContent: Any = None
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -115,6 +115,9 @@ class CallManager:
         self.calls_total = 0
         self.errors_by_code: dict[str, int] = {}
         self._next_id = 0
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._loop = asyncio.get_running_loop()
 
     # --- admission -------------------------------------------------------------------
@@ -153,8 +156,18 @@ class CallManager:
         raw_args = bytes(arguments) if arguments and bytes(arguments) != b"null" else b"{}"
         self._next_id += 1
         call = PendingCall(
-            self._next_id, session, key, request_id, dialect, tool, raw_args,
-            route.provider, route.model, progress_token, now, routing.continuation_id,
+            self._next_id,
+            session,
+            key,
+            request_id,
+            dialect,
+            tool,
+            raw_args,
+            route.provider,
+            route.model,
+            progress_token,
+            now,
+            routing.continuation_id,
         )
         outcome = self.scheduler.try_acquire(session.id, route.provider, now)
         if isinstance(outcome, Rejection):
@@ -162,7 +175,7 @@ class CallManager:
                 queued = self.scheduler.enqueue(session.id, route.provider, call, now)
                 if isinstance(queued, Waiter):
                     call.waiter = queued
-                    session.calls[key] = call
+                    self._track(session, call)
                     call.timer = self._loop.call_later(
                         self.settings.queue_timeout_s, self._queue_expired, call, outcome
                     )
@@ -171,7 +184,7 @@ class CallManager:
                 outcome = queued
             self._reject(call, outcome)
             return
-        session.calls[key] = call
+        self._track(session, call)
         self._start(call, outcome)
 
     def _start(self, call: PendingCall, lease: Lease) -> None:
@@ -179,17 +192,30 @@ class CallManager:
         call.admitted_at = time.monotonic()
         worker = self._pick_worker(call)
         if worker is None:
-            self._finish(call, error=OverCapacity(
-                "no worker is ready (the pool is restarting)",
-                scope="global", provider=call.provider, retry_after_ms=500,
-            ))
+            self._finish(
+                call,
+                error=OverCapacity(
+                    "no worker is ready (the pool is restarting)",
+                    scope="global",
+                    provider=call.provider,
+                    retry_after_ms=500,
+                ),
+            )
             return
         call.worker = worker
         worker.calls.add(call.call_id)
         worker.served += 1
         self.calls[call.call_id] = call
-        worker.send(Call(call.call_id, call.tool, call.arguments, call.session.id, call.model,
-                         call.progress_token is not None))
+        worker.send(
+            Call(
+                call.call_id,
+                call.tool,
+                call.arguments,
+                call.session.id,
+                call.model,
+                call.progress_token is not None,
+            )
+        )
         if call.timer is None:
             self._ack(call)
         else:
@@ -198,7 +224,9 @@ class CallManager:
 
     def _ack(self, call: PendingCall) -> None:
         if call.dialect == "op":
-            call.session.send(self.codec.encode({"op": "call_tool_ack", "request_id": call.request_id}))
+            call.session.send(
+                self.codec.encode({"op": "call_tool_ack", "request_id": call.request_id})
+            )
         elif call.session.acks:
             call.session.send(self.codec.encode({"op": "ack", "id": call.request_id}))
 
@@ -226,18 +254,24 @@ class CallManager:
             provider=rejection.provider,
             retry_after_ms=rejection.retry_after_ms,
         )
-        self._answer_error_now(call.session, call.dialect, call.request_id, call.tool, exc,
-                               call=call)
+        self._answer_error_now(
+            call.session, call.dialect, call.request_id, call.tool, exc, call=call
+        )
 
     def _queue_expired(self, call: PendingCall, rejection: Rejection) -> None:
         if call.waiter is not None and self.scheduler.withdraw(call.waiter):
             call.timer = None
             scope = self.scheduler.blocking_scope(call.session.id, call.provider) or rejection.scope
-            self._finish(call, error=OverCapacity(
-                f"waited {self.settings.queue_timeout_s:g} s in the queue: "
-                + Rejection(scope, call.provider, rejection.retry_after_ms).describe(),
-                scope=scope, provider=call.provider, retry_after_ms=rejection.retry_after_ms,
-            ))
+            self._finish(
+                call,
+                error=OverCapacity(
+                    f"waited {self.settings.queue_timeout_s:g} s in the queue: "
+                    + Rejection(scope, call.provider, rejection.retry_after_ms).describe(),
+                    scope=scope,
+                    provider=call.provider,
+                    retry_after_ms=rejection.retry_after_ms,
+                ),
+            )
 
     # --- worker events ---------------------------------------------------------------
 
@@ -268,23 +302,32 @@ class CallManager:
         if call is None or call.done or call.progress_token is None:
             return
         if call.dialect == "op":
-            frame = self.codec.encode({
-                "op": "progress", "request_id": call.request_id, "progress": progress.progress,
-                "total": progress.total, "message": progress.message,
-            })
+            frame = self.codec.encode(
+                {
+                    "op": "progress",
+                    "request_id": call.request_id,
+                    "progress": progress.progress,
+                    "total": progress.total,
+                    "message": progress.message,
+                }
+            )
         else:
-            frame = self.codec.progress(call.progress_token, progress.progress, progress.total,
-                                        progress.message)
+            frame = self.codec.progress(
+                call.progress_token, progress.progress, progress.total, progress.message
+            )
         call.session.send(frame)
 
     def handle_worker_lost(self, worker: WorkerHandle, call_ids: set[int], reason: str) -> None:
         for call_id in call_ids:
             call = self.calls.pop(call_id, None)
             if call is not None and not call.done:
-                self._finish(call, error=WorkerLost(
-                    f"{reason} while running {call.tool!r}; it is being restarted",
-                    worker=worker.slot,
-                ))
+                self._finish(
+                    call,
+                    error=WorkerLost(
+                        f"{reason} while running {call.tool!r}; it is being restarted",
+                        worker=worker.slot,
+                    ),
+                )
         for cid, slot in list(self.sticky.items()):
             if slot == worker.slot:
                 del self.sticky[cid]
@@ -297,11 +340,14 @@ class CallManager:
             return
         if call.worker is not None:
             self.supervisor.cancel_call(call.worker, call.call_id)
-        self._finish(call, error=Timeout(
-            f"{call.tool!r} did not finish within {self.settings.call_timeout_s:g} s "
-            "(EXAI_WS_CALL_TIMEOUT); it was cancelled",
-            timeout_s=self.settings.call_timeout_s,
-        ))
+        self._finish(
+            call,
+            error=Timeout(
+                f"{call.tool!r} did not finish within {self.settings.call_timeout_s:g} s "
+                "(EXAI_WS_CALL_TIMEOUT); it was cancelled",
+                timeout_s=self.settings.call_timeout_s,
+            ),
+        )
 
     def cancel(self, session: Session, request_id: msgspec.Raw, *, answer: bool) -> bool:
         """Cancel a session's call by its request id. MCP cancels get no answer."""
@@ -354,6 +400,9 @@ class CallManager:
         session = call.session
         if session.calls.get(call.key) is call:
             del session.calls[call.key]
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
         if payload is not None:
             frame = self._result_frame(call, payload)
             outcome = str(ErrorCode.EXEC_ERROR) if tool_error else "ok"
@@ -367,12 +416,21 @@ class CallManager:
             self.errors_by_code[outcome] = self.errors_by_code.get(outcome, 0) + 1
         self.calls_total += 1
         queue_ms = ((call.admitted_at or now) - call.received_at) * 1000.0
-        self.record(CallRecord(
-            time.time(), session.id, call.tool, call.provider, call.model, outcome,
-            (now - call.received_at) * 1000.0, queue_ms,
-            call.worker.slot if call.worker is not None else None,
-            len(call.arguments), len(frame),
-        ))
+        self.record(
+            CallRecord(
+                time.time(),
+                session.id,
+                call.tool,
+                call.provider,
+                call.model,
+                outcome,
+                (now - call.received_at) * 1000.0,
+                queue_ms,
+                call.worker.slot if call.worker is not None else None,
+                len(call.arguments),
+                len(frame),
+            )
+        )
         lease = call.lease
         if lease is not None:
             call.lease = None
@@ -395,7 +453,9 @@ class CallManager:
         code = str(exc.code)
         self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
         self.calls_total += 1
-        self.record(CallRecord(time.time(), session.id, tool, None, None, code, 0.0, 0.0, None, 0, 0))
+        self.record(
+            CallRecord(time.time(), session.id, tool, None, None, code, 0.0, 0.0, None, 0, 0)
+        )
 
     def _result_frame(self, call: PendingCall, payload: bytes) -> bytes:
         if call.dialect != "op":
@@ -404,7 +464,10 @@ class CallManager:
         outputs = [c for c in result.content if isinstance(c, dict)]
         text = "\n".join(str(c.get("text", "")) for c in outputs if c.get("type") == "text")
         frame: dict[str, Any] = {
-            "op": "call_tool_res", "request_id": call.request_id, "outputs": outputs, "text": text,
+            "op": "call_tool_res",
+            "request_id": call.request_id,
+            "outputs": outputs,
+            "text": text,
             "isError": result.isError,
         }
         if result.structuredContent is not None:
@@ -421,4 +484,18 @@ class CallManager:
     # --- views -----------------------------------------------------------------------
 
     def inflight(self) -> int:
-        return sum(1 for c in self.calls.values() if not c.done)
+        """Calls admitted or queued and not yet answered."""
+        return self._active
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no call is in flight; False if the timeout came first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def _track(self, session: Session, call: PendingCall) -> None:
+        session.calls[call.key] = call
+        self._active += 1
+        self._idle.clear()

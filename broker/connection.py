@@ -8,6 +8,7 @@ session then waits out the resume grace like any other disconnect).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -26,9 +27,21 @@ CLOSE_SLOW_READER = 1008
 class WsConnection:
     """Implements the router's ClientPeer over an aiohttp WebSocketResponse."""
 
-    __slots__ = ("__weakref__", "_abort", "_buffered", "_closing", "_queue", "_wake", "_ws",
-                 "authenticated",
-                 "dialect", "max_buffer_bytes", "remote", "sender", "session")
+    __slots__ = (
+        "__weakref__",
+        "_abort",
+        "_buffered",
+        "_closing",
+        "_queue",
+        "_wake",
+        "_ws",
+        "authenticated",
+        "dialect",
+        "max_buffer_bytes",
+        "remote",
+        "sender",
+        "session",
+    )
 
     def __init__(
         self,
@@ -56,8 +69,11 @@ class WsConnection:
         self._queue.append(data)
         self._buffered += len(data)
         if self._buffered > self.max_buffer_bytes:
-            log.warning("dropping connection %s: client is not reading (%d bytes unsent)",
-                        self.remote, self._buffered)
+            log.warning(
+                "dropping connection %s: client is not reading (%d bytes unsent)",
+                self.remote,
+                self._buffered,
+            )
             self._queue.clear()
             self._buffered = 0
             self._closing = (CLOSE_SLOW_READER, "client too slow to read its responses")
@@ -100,7 +116,5 @@ class WsConnection:
         """Stop the sender task (the socket is already closed or closing)."""
         if not self.sender.done():
             self.sender.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self.sender
-            except asyncio.CancelledError:
-                pass

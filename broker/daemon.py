@@ -96,13 +96,16 @@ class Daemon:
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
         )
         self.codec = FrameCodec()
-        self.calls = CallManager(settings, self.scheduler, self.supervisor, self.codec,
-                                 self.metrics.record)
+        self.calls = CallManager(
+            settings, self.scheduler, self.supervisor, self.codec, self.metrics.record
+        )
         self.sessions = SessionRegistry(settings.resume_grace_s, settings.send_buffer_bytes)
-        self.router = FrameRouter(settings, self.codec, self.calls, self.sessions, self.auth,
-                                  self.snapshot)
-        self.health = HealthFile(self.log_dir / HEALTH_FILE, self.snapshot,
-                                 settings.health_interval_s)
+        self.router = FrameRouter(
+            settings, self.codec, self.calls, self.sessions, self.auth, self.snapshot
+        )
+        self.health = HealthFile(
+            self.log_dir / HEALTH_FILE, self.snapshot, settings.health_interval_s
+        )
 
     def _worker_ready(self, worker: WorkerHandle) -> None:
         if worker.ready is not None and not self.calls.catalog.tools:
@@ -122,7 +125,9 @@ class Daemon:
         try:
             sock = bind_socket(self.settings.host, self.settings.port)
         except OSError as exc:
-            log.error("cannot listen on %s: %s (is another daemon running?)", self.settings.url, exc)
+            log.error(
+                "cannot listen on %s: %s (is another daemon running?)", self.settings.url, exc
+            )
             return EXIT_BIND
         self.port = sock.getsockname()[1]
         self._metrics_task = asyncio.get_running_loop().create_task(self.metrics.run())
@@ -143,8 +148,13 @@ class Daemon:
         self._spawn(self._reap_sessions())
         self._install_signals()
         elapsed_ms = (time.perf_counter() - t0) * 1000
-        log.info("ready in %.0f ms: %d workers, %d tools, listening on %s", elapsed_ms,
-                 self.settings.workers, len(self.calls.catalog.tools), self._public_url())
+        log.info(
+            "ready in %.0f ms: %d workers, %d tools, listening on %s",
+            elapsed_ms,
+            self.settings.workers,
+            len(self.calls.catalog.tools),
+            self._public_url(),
+        )
         await self._stop.wait()
         await self.shutdown(site)
         return EXIT_POOL if self._fatal else EXIT_OK
@@ -178,9 +188,8 @@ class Daemon:
         self.draining = True
         self.calls.shutting_down = True
         await site.stop()
-        deadline = time.monotonic() + self.settings.shutdown_grace_s
-        while self.calls.inflight() and time.monotonic() < deadline and not self._fatal:
-            await asyncio.sleep(0.05)
+        if not self._fatal:
+            await self.calls.wait_idle(self.settings.shutdown_grace_s)
         for call in list(self.calls.calls.values()):
             if not call.done:
                 self.calls.fail(call, ShuttingDown("the daemon shut down before the call finished"))
@@ -209,8 +218,11 @@ class Daemon:
         while True:
             await asyncio.sleep(1.0)
             for session in self.sessions.expired(time.monotonic()):
-                log.info("session %s ended (no reconnect within %g s)", session.id[:8],
-                         self.settings.resume_grace_s)
+                log.info(
+                    "session %s ended (no reconnect within %g s)",
+                    session.id[:8],
+                    self.settings.resume_grace_s,
+                )
                 self.calls.end_session(session)
                 self.sessions.forget(session)
 
@@ -221,8 +233,11 @@ class Daemon:
         resumable = conn.dialect == "op" and self.settings.resume_grace_s > 0
         if resumable and not ended and not self.draining:
             session.detach(time.monotonic())
-            log.info("session %s disconnected; kept %g s for a reconnect", session.id[:8],
-                     self.settings.resume_grace_s)
+            log.info(
+                "session %s disconnected; kept %g s for a reconnect",
+                session.id[:8],
+                self.settings.resume_grace_s,
+            )
         else:
             self.calls.end_session(session)
             self.sessions.forget(session)
@@ -256,8 +271,14 @@ class Daemon:
                 "providers": dict(settings.provider_caps),
             },
             "workers": [
-                {"slot": w.slot, "pid": w.pid, "state": w.state, "inflight": len(w.calls),
-                 "restarts": w.restarts, "served": w.served}
+                {
+                    "slot": w.slot,
+                    "pid": w.pid,
+                    "state": w.state,
+                    "inflight": len(w.calls),
+                    "restarts": w.restarts,
+                    "served": w.served,
+                }
                 for w in self.supervisor.workers
             ],
             "tools": len(self.calls.catalog.tools),

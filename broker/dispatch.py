@@ -114,33 +114,53 @@ class FrameRouter:
         if env.op == "hello":
             if not self.auth.check(env.token) and not peer.authenticated:
                 log.warning("refused hello: wrong or missing token")
-                peer.send(self.codec.encode({"op": "hello_ack", "ok": False, "error": "unauthorized"}))
+                peer.send(
+                    self.codec.encode({"op": "hello_ack", "ok": False, "error": "unauthorized"})
+                )
                 peer.close(CLOSE_UNAUTHORIZED, "unauthorized")
                 return False
             session_id = (env.session_id or "").strip() or secrets.token_hex(16)
             if len(session_id) > 128:
-                peer.send(self.codec.encode({"op": "hello_ack", "ok": False,
-                                             "error": "session_id longer than 128 characters"}))
+                peer.send(
+                    self.codec.encode(
+                        {
+                            "op": "hello_ack",
+                            "ok": False,
+                            "error": "session_id longer than 128 characters",
+                        }
+                    )
+                )
                 peer.close(CLOSE_NOT_HELLO, "bad session id")
                 return False
             peer.authenticated = True
             peer.dialect = "op"
             session, resumed, held = self.sessions.open(session_id, peer.send, env.acks)
             peer.session = session
-            peer.send(self.codec.encode({
-                "op": "hello_ack", "ok": True, "session_id": session.id, "resumed": resumed,
-                "server": {**SERVER_INFO, "tools": len(self.calls.catalog.tools)},
-            }))
+            peer.send(
+                self.codec.encode(
+                    {
+                        "op": "hello_ack",
+                        "ok": True,
+                        "session_id": session.id,
+                        "resumed": resumed,
+                        "server": {**SERVER_INFO, "tools": len(self.calls.catalog.tools)},
+                    }
+                )
+            )
             for frame in held:
                 peer.send(frame)
             log.info("session %s opened (resumed=%s)", _short(session.id), resumed)
             return False
         if not peer.authenticated:
             if env.op is None and env.jsonrpc is None:
-                peer.send(self.codec.encode({"op": "hello_ack", "ok": False, "error": "expected hello"}))
+                peer.send(
+                    self.codec.encode({"op": "hello_ack", "ok": False, "error": "expected hello"})
+                )
                 peer.close(CLOSE_NOT_HELLO, "expected hello")
             else:
-                peer.send(self.codec.encode({"op": "hello_ack", "ok": False, "error": "unauthorized"}))
+                peer.send(
+                    self.codec.encode({"op": "hello_ack", "ok": False, "error": "unauthorized"})
+                )
                 peer.close(CLOSE_UNAUTHORIZED, "unauthorized")
             return False
         session, _, _ = self.sessions.open(secrets.token_hex(16), peer.send, False)
@@ -160,9 +180,9 @@ class FrameRouter:
                 # A response to a server request; we never send any, so there is nothing to match.
                 return
             if method == "notifications/cancelled":
-                params = self.codec.cancel_params(env.params)
-                if params is not None:
-                    self.calls.cancel(session, params.requestId, answer=False)
+                cancel = self.codec.cancel_params(env.params)
+                if cancel is not None:
+                    self.calls.cancel(session, cancel.requestId, answer=False)
             return
         request_id = env.id
         if not _valid_id(request_id):
@@ -188,17 +208,27 @@ class FrameRouter:
             wanted = generic.protocolVersion
             version = wanted if wanted in SUPPORTED_HANDSHAKE_VERSIONS else LATEST_HANDSHAKE_VERSION
             session.protocol_version = version
-            result = self.codec.encode({
-                "protocolVersion": version, "capabilities": CAPABILITIES,
-                "serverInfo": SERVER_INFO, "instructions": INSTRUCTIONS,
-            })
+            result = self.codec.encode(
+                {
+                    "protocolVersion": version,
+                    "capabilities": CAPABILITIES,
+                    "serverInfo": SERVER_INFO,
+                    "instructions": INSTRUCTIONS,
+                }
+            )
         elif method == "server/discover":
             modern = False
-            result = self.codec.encode({
-                "supportedVersions": [MODERN_VERSION], "capabilities": CAPABILITIES,
-                "instructions": INSTRUCTIONS, "cacheScope": "private", "ttlMs": 0,
-                "resultType": "complete", "_meta": {"io.modelcontextprotocol/serverInfo": SERVER_INFO},
-            })
+            result = self.codec.encode(
+                {
+                    "supportedVersions": [MODERN_VERSION],
+                    "capabilities": CAPABILITIES,
+                    "instructions": INSTRUCTIONS,
+                    "cacheScope": "private",
+                    "ttlMs": 0,
+                    "resultType": "complete",
+                    "_meta": {"io.modelcontextprotocol/serverInfo": SERVER_INFO},
+                }
+            )
         else:
             raise MethodNotFound(f"method not found: {method}", method=method)
         if modern:
@@ -269,8 +299,11 @@ def _valid_id(raw: msgspec.Raw) -> bool:
 
 def _stamp_modern(result: bytes) -> bytes:
     """Add the 2026-07-28 result fields to a result object without re-encoding it."""
-    stamp = (b'"resultType":"complete","_meta":{"io.modelcontextprotocol/serverInfo":'
-             + msgspec.json.encode(SERVER_INFO) + b"}")
+    stamp = (
+        b'"resultType":"complete","_meta":{"io.modelcontextprotocol/serverInfo":'
+        + msgspec.json.encode(SERVER_INFO)
+        + b"}"
+    )
     body = result.rstrip()
     if body == b"{}":
         return b"{" + stamp + b"}"

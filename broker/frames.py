@@ -51,7 +51,7 @@ class Envelope(msgspec.Struct):
 
 
 class Meta(msgspec.Struct):
-    progressToken: msgspec.Raw = ABSENT  # noqa: N815 - wire name
+    progressToken: msgspec.Raw = ABSENT
     protocol_version: str | None = msgspec.field(
         default=None, name="io.modelcontextprotocol/protocolVersion"
     )
@@ -64,13 +64,13 @@ class CallToolParams(msgspec.Struct):
 
 
 class CancelParams(msgspec.Struct):
-    requestId: msgspec.Raw  # noqa: N815 - wire name
+    requestId: msgspec.Raw
     reason: str | None = None
 
 
 class GenericParams(msgspec.Struct):
     meta: Meta | None = msgspec.field(default=None, name="_meta")
-    protocolVersion: str | None = None  # noqa: N815 - wire name
+    protocolVersion: str | None = None
 
 
 class RoutingArgs(msgspec.Struct):
@@ -99,7 +99,7 @@ class _Notification(msgspec.Struct):
 
 
 class _Progress(msgspec.Struct, omit_defaults=True):
-    progressToken: msgspec.Raw  # noqa: N815 - wire name
+    progressToken: msgspec.Raw
     progress: float
     total: float | None = None
     message: str | None = None
@@ -142,8 +142,14 @@ def _depth_ok(data: bytes) -> bool:
 class FrameCodec:
     """One per connection: reused msgspec decoders and encoders."""
 
-    __slots__ = ("_args_decoder", "_cancel_decoder", "_call_decoder", "_decoder", "_encoder",
-                 "_generic_decoder")
+    __slots__ = (
+        "_args_decoder",
+        "_call_decoder",
+        "_cancel_decoder",
+        "_decoder",
+        "_encoder",
+        "_generic_decoder",
+    )
 
     def __init__(self) -> None:
         self._decoder = msgspec.json.Decoder(Envelope)
@@ -162,7 +168,9 @@ class FrameCodec:
         except msgspec.ValidationError as exc:
             stripped = data.lstrip()
             if stripped[:1] == b"[":
-                raise InvalidFrame("batches are not supported; send one JSON object per frame") from None
+                raise InvalidFrame(
+                    "batches are not supported; send one JSON object per frame"
+                ) from None
             if stripped[:1] != b"{":
                 raise InvalidFrame("a frame must be a JSON object") from None
             raise InvalidFrame(f"invalid frame: {exc}") from None
@@ -217,7 +225,11 @@ class FrameCodec:
         return self._encoder.encode(_Response("2.0", request_id, raw))
 
     def error(self, request_id: msgspec.Raw | None, exc: BrokerError) -> bytes:
-        error: dict[str, Any] = {"code": exc.jsonrpc_code, "message": exc.message, "data": exc.to_data()}
+        error: dict[str, Any] = {
+            "code": exc.jsonrpc_code,
+            "message": exc.message,
+            "data": exc.to_data(),
+        }
         rid = request_id if request_id is not None else msgspec.Raw(b"null")
         return self._encoder.encode(_ErrorResponse("2.0", rid, error))
 

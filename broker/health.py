@@ -19,7 +19,9 @@ log = logging.getLogger("broker.health")
 
 
 class HealthFile:
-    def __init__(self, path: Path, snapshot: Callable[[], dict[str, Any]], interval_s: float) -> None:
+    def __init__(
+        self, path: Path, snapshot: Callable[[], dict[str, Any]], interval_s: float
+    ) -> None:
         self.path = path
         self.snapshot = snapshot
         self.interval_s = interval_s

@@ -119,7 +119,9 @@ class MetricsWriter:
             for index in range(self.backups - 1, 0, -1):
                 older = self.path.with_name(f"{self.path.name}.{index}")
                 if await aiofiles.os.path.exists(older):
-                    await aiofiles.os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+                    await aiofiles.os.replace(
+                        older, self.path.with_name(f"{self.path.name}.{index + 1}")
+                    )
             await aiofiles.os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         self._size = 0
 

@@ -84,9 +84,9 @@ class Scheduler:
         """The first cap that would refuse this call now, or None if it fits."""
         if self.inflight_by_session.get(session_id, 0) >= self.session_cap:
             return "session"
-        if provider is not None and provider in self.provider_caps:
-            if self.inflight_by_provider[provider] >= self.provider_caps[provider]:
-                return "provider"
+        cap = self.provider_caps.get(provider) if provider is not None else None
+        if cap is not None and provider is not None and self.inflight_by_provider[provider] >= cap:
+            return "provider"
         if self.inflight_global >= self.global_cap:
             return "global"
         return None
@@ -194,7 +194,9 @@ class Scheduler:
             "global": self.global_cap,
             "provider": self.provider_caps.get(provider or "", 1),
         }[scope]
-        hold_ms = self._hold_ms.get((provider or "") if scope == "provider" else "", _INITIAL_HOLD_MS)
+        hold_ms = self._hold_ms.get(
+            (provider or "") if scope == "provider" else "", _INITIAL_HOLD_MS
+        )
         # With `cap` slots each held ~hold_ms, one frees up every hold_ms / cap on average.
         retry_ms = int(min(10_000.0, max(10.0, hold_ms / max(1, cap))))
         return Rejection(scope, provider, retry_ms)

@@ -80,7 +80,9 @@ class SessionRegistry:
         self.sessions: dict[str, Session] = {}
         self.opened_total = 0
 
-    def open(self, session_id: str, send_fn: Outbound, acks: bool) -> tuple[Session, bool, list[bytes]]:
+    def open(
+        self, session_id: str, send_fn: Outbound, acks: bool
+    ) -> tuple[Session, bool, list[bytes]]:
         """Attach a connection to a session: (session, resumed, frames held while away)."""
         session = self.sessions.get(session_id)
         if session is not None and not session.closed:
@@ -96,7 +98,8 @@ class SessionRegistry:
     def expired(self, now: float) -> list[Session]:
         """Detached sessions whose grace is over (the caller ends and forgets them)."""
         return [
-            s for s in self.sessions.values()
+            s
+            for s in self.sessions.values()
             if s.detached_at is not None and now - s.detached_at >= self.resume_grace_s
         ]
 

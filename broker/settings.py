@@ -107,7 +107,11 @@ def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
 
 
 def _expected_int(lo: int, hi: int | None) -> str:
-    return f"expected an integer from {lo} to {hi}" if hi is not None else f"expected an integer >= {lo}"
+    return (
+        f"expected an integer from {lo} to {hi}"
+        if hi is not None
+        else f"expected an integer >= {lo}"
+    )
 
 
 def _float(lo: float, *, exclusive: bool = False) -> Callable[[str], float]:
@@ -220,7 +224,7 @@ def collect_environment(env_file: str | os.PathLike[str] | None = None) -> dict[
     if env_file is not None and not path.is_file():
         raise SettingsError(f"--env-file {path}: no such file")
     if path.is_file():
-        from dotenv import dotenv_values  # noqa: PLC0415 - keeps shim start-up light
+        from dotenv import dotenv_values
 
         merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     merged.update(os.environ)
@@ -256,9 +260,7 @@ def _provider_caps(environ: Mapping[str, str]) -> dict[str, int]:
     return caps
 
 
-def load_settings(
-    environ: Mapping[str, str], cli: Mapping[str, object] | None = None
-) -> Settings:
+def load_settings(environ: Mapping[str, str], cli: Mapping[str, object] | None = None) -> Settings:
     """Build Settings from a merged environment and CLI flags (flags win)."""
     env = dict(environ)
     for flag, value in (cli or {}).items():

@@ -8,6 +8,7 @@ message, a worker was lost (with the ids of the calls it still held).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -80,10 +81,8 @@ class WorkerHandle:
 
     def kill(self) -> None:
         if self.transport is not None and self.transport.get_returncode() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self.transport.kill()
-            except ProcessLookupError:
-                pass
 
 
 class _WorkerProtocol(asyncio.SubprocessProtocol):
@@ -99,8 +98,12 @@ class _WorkerProtocol(asyncio.SubprocessProtocol):
             try:
                 messages = self.decoder.feed(data)
             except FramingError as exc:
-                log.error("worker %s pid=%s sent a corrupt frame (%s); killing it",
-                          self.handle.slot, self.handle.pid, exc)
+                log.error(
+                    "worker %s pid=%s sent a corrupt frame (%s); killing it",
+                    self.handle.slot,
+                    self.handle.pid,
+                    exc,
+                )
                 self.handle.kill()
                 return
             for message in messages:
@@ -110,7 +113,7 @@ class _WorkerProtocol(asyncio.SubprocessProtocol):
             *lines, rest = self.stderr_tail.split(b"\n")
             self.stderr_tail = bytearray(rest)
             for line in lines:
-                self.supervisor.log_worker_line(self.handle, line)
+                self.supervisor.log_worker_line(self.handle, bytes(line))
 
     def process_exited(self) -> None:
         if self.stderr_tail:
@@ -176,8 +179,9 @@ class Supervisor:
                 handle.state = "stopping"
         waits = [self._wait_exit(h) for h in self.workers if h.transport is not None]
         if waits:
-            done = await asyncio.gather(*(asyncio.wait_for(w, grace_s + 2.0) for w in waits),
-                                        return_exceptions=True)
+            done = await asyncio.gather(
+                *(asyncio.wait_for(w, grace_s + 2.0) for w in waits), return_exceptions=True
+            )
             if any(isinstance(d, BaseException) for d in done):
                 for handle in self.workers:
                     handle.kill()
@@ -247,8 +251,13 @@ class Supervisor:
         if handle.transport is not None:
             handle.transport.close()
         level = logging.INFO if self._stopping else logging.WARNING
-        log.log(level, "worker %s pid=%s exited with %s", handle.slot, handle.pid,
-                _describe_exit(returncode))
+        log.log(
+            level,
+            "worker %s pid=%s exited with %s",
+            handle.slot,
+            handle.pid,
+            _describe_exit(returncode),
+        )
         reason = f"worker process {handle.pid} exited ({_describe_exit(returncode)})"
         self._on_lost(handle, lost, reason)
         if self._stopping:
@@ -334,7 +343,7 @@ def _describe_exit(returncode: int | None) -> str:
         return "unknown status"
     if returncode < 0:
         try:
-            import signal  # noqa: PLC0415
+            import signal
 
             return f"signal {signal.Signals(-returncode).name}"
         except (ValueError, ImportError):

@@ -7,6 +7,7 @@ the mcp SDK nor aiohttp: only asyncio, json and the shim's own small modules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -23,14 +24,19 @@ PARENT_POLL_S = 1.0
 
 
 async def serve(bridge_settings: object) -> int:
-    from broker.settings import ShimSettings  # noqa: PLC0415
+    from broker.settings import ShimSettings
 
     assert isinstance(bridge_settings, ShimSettings)
     loop = asyncio.get_running_loop()
     writer = StdoutWriter(loop, sys.stdout.buffer)
     bridge = Bridge(bridge_settings, writer.write_line)
-    reader = LineReader(loop, sys.stdin.buffer, bridge.handle_client_line,
-                        bridge.handle_stdin_eof, bridge.handle_oversize)
+    reader = LineReader(
+        loop,
+        sys.stdin.buffer,
+        bridge.handle_client_line,
+        bridge.handle_stdin_eof,
+        bridge.handle_oversize,
+    )
     await reader.start()
     connection = loop.create_task(bridge.run_connection())
     watchdog = loop.create_task(_watch_parent(bridge))
@@ -40,10 +46,8 @@ async def serve(bridge_settings: object) -> int:
         writer.flush()
         watchdog.cancel()
         # Give the connection a moment to close cleanly (code 1000 ends the session).
-        try:
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(connection, 2.0)
-        except (TimeoutError, asyncio.CancelledError):
-            pass
     return 0
 
 

@@ -64,7 +64,9 @@ def id_key(value: Any) -> str:
 def response_id_key(frame: bytes) -> str | None:
     """The id of a daemon response, read without decoding the (maybe large) result."""
     if frame.startswith(_RESPONSE_PREFIX):
-        text = frame[len(_RESPONSE_PREFIX) : len(_RESPONSE_PREFIX) + 1024].decode("utf-8", "replace")
+        text = frame[len(_RESPONSE_PREFIX) : len(_RESPONSE_PREFIX) + 1024].decode(
+            "utf-8", "replace"
+        )
         try:
             value, _ = _id_decoder.raw_decode(text)
         except ValueError:
@@ -118,7 +120,9 @@ class Bridge:
         if "id" in message and isinstance(method, str):
             key = id_key(message["id"])
             params = message.get("params")
-            tool = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
+            tool = (
+                params.get("name") if method == "tools/call" and isinstance(params, dict) else None
+            )
             if method == "initialize":
                 self.init_line = line
             if key in self.pending:
@@ -126,8 +130,9 @@ class Bridge:
                 return
             pending = Pending(key, line, method, tool if isinstance(tool, str) else None)
             self.pending[key] = pending
-            pending.timer = self._loop.call_later(self.settings.rpc_timeout_s, self._rpc_timeout,
-                                                  pending)
+            pending.timer = self._loop.call_later(
+                self.settings.rpc_timeout_s, self._rpc_timeout, pending
+            )
             self._send_pending(pending)
             return
         if method == "notifications/initialized":
@@ -209,18 +214,25 @@ class Bridge:
         # pending and is re-sent after the reconnect.
         ws.send_text_nowait(line)
 
-    def _reply_error(self, request_id: Any, code: int, message: str, data: dict[str, Any] | None) -> None:
+    def _reply_error(
+        self, request_id: Any, code: int, message: str, data: dict[str, Any] | None
+    ) -> None:
         error: dict[str, Any] = {"code": code, "message": message}
         if data:
             error["data"] = data
-        self.write_line(json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error},
-                                   separators=(",", ":")).encode())
+        self.write_line(
+            json.dumps(
+                {"jsonrpc": "2.0", "id": request_id, "error": error}, separators=(",", ":")
+            ).encode()
+        )
 
     def _fail_pending(self, pending: Pending, code: ErrorCode, message: str) -> None:
         self.pending.pop(pending.key, None)
         if pending.timer is not None:
             pending.timer.cancel()
-        self._reply_error(json.loads(pending.key), JSONRPC_CODES[code], message, {"code": str(code)})
+        self._reply_error(
+            json.loads(pending.key), JSONRPC_CODES[code], message, {"code": str(code)}
+        )
         self._maybe_done()
 
     def _forget(self, key: str) -> None:
@@ -237,19 +249,28 @@ class Bridge:
             # No ack in time: the connection may be half-dead. Reconnect and re-send once;
             # the daemon joins the re-sent id to the original call, so it cannot run twice.
             pending.retried = True
-            log.warning("no answer to %s within %g s; reconnecting and retrying once",
-                        pending.method, self.settings.rpc_timeout_s)
-            pending.timer = self._loop.call_later(self.settings.rpc_timeout_s, self._rpc_timeout,
-                                                  pending)
+            log.warning(
+                "no answer to %s within %g s; reconnecting and retrying once",
+                pending.method,
+                self.settings.rpc_timeout_s,
+            )
+            pending.timer = self._loop.call_later(
+                self.settings.rpc_timeout_s, self._rpc_timeout, pending
+            )
             self._reconnect_now.set()
             return
-        self._fail_pending(pending, ErrorCode.WORKER_LOST if self._connected.is_set()
-                           else ErrorCode.SHUTTING_DOWN, self._unreachable_message())
+        self._fail_pending(
+            pending,
+            ErrorCode.WORKER_LOST if self._connected.is_set() else ErrorCode.SHUTTING_DOWN,
+            self._unreachable_message(),
+        )
 
     def _unreachable_message(self) -> str:
-        return (f"exai-broker daemon at {self.settings.url} did not answer within "
-                f"{self.settings.rpc_timeout_s:g} s (EXAI_SHIM_RPC_TIMEOUT); last error: "
-                f"{self.last_error}. Is the daemon running (python -m broker)?")
+        return (
+            f"exai-broker daemon at {self.settings.url} did not answer within "
+            f"{self.settings.rpc_timeout_s:g} s (EXAI_SHIM_RPC_TIMEOUT); last error: "
+            f"{self.last_error}. Is the daemon running (python -m broker)?"
+        )
 
     def _maybe_done(self) -> None:
         if self.stdin_closed and not self.pending:
@@ -285,8 +306,11 @@ class Bridge:
         settings = self.settings
         headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else None
         ws = await websocket.connect(
-            settings.host, settings.port, headers=headers,
-            open_timeout_s=settings.rpc_timeout_s, max_message_bytes=settings.max_frame_bytes,
+            settings.host,
+            settings.port,
+            headers=headers,
+            open_timeout_s=settings.rpc_timeout_s,
+            max_message_bytes=settings.max_frame_bytes,
         )
         hello = {"op": "hello", "session_id": self.session_id, "acks": True}
         if settings.token:
@@ -314,7 +338,8 @@ class Bridge:
                 self._send_pending(pending)
             else:
                 self._fail_pending(
-                    pending, ErrorCode.WORKER_LOST,
+                    pending,
+                    ErrorCode.WORKER_LOST,
                     f"the daemon restarted while {pending.tool!r} was running; it may or may not "
                     "have completed, and it is not marked idempotent, so it was not re-run",
                 )

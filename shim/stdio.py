@@ -27,7 +27,7 @@ def split_lines(buffer: bytearray, data: bytes) -> list[bytes]:
         return []
     *lines, rest = buffer.split(b"\n")
     buffer[:] = rest
-    return [line.rstrip(b"\r") for line in lines]
+    return [bytes(line).rstrip(b"\r") for line in lines]
 
 
 class LineReader:

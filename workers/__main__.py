@@ -19,7 +19,13 @@ from broker.framing import FrameDecoder, FrameEncoder, FramingError
 from broker.ipc import BrokerMessage, Call, Cancel, Heartbeat, Progress, Ready, Result, Shutdown
 from broker.protocol import ErrorCode
 from broker.settings import SettingsError, load_settings
-from workers.host import ToolContext, ToolServer, error_result, load_tool_server, to_call_tool_result
+from workers.host import (
+    ToolContext,
+    ToolServer,
+    error_result,
+    load_tool_server,
+    to_call_tool_result,
+)
 from workers.pipes import IpcPipes, take_ipc_stdout
 
 __all__ = ["Worker", "main"]
@@ -144,7 +150,7 @@ def main() -> int:
     # visibly, before Ready: the supervisor treats that as a broken configuration.
     server = load_tool_server(settings)
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         uvloop.run(serve(server))
     except ImportError:

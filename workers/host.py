@@ -98,7 +98,7 @@ def load_tool_server(settings: Settings) -> ToolServer:
     """The tool server named by `settings.server`, or the built-in tools."""
     spec = settings.server
     if not spec:
-        from workers.builtin import BuiltinTools  # noqa: PLC0415
+        from workers.builtin import BuiltinTools
 
         return BuiltinTools(settings)
     module_name, _, attr = spec.partition(":")
@@ -137,7 +137,6 @@ def to_call_tool_result(value: Any) -> dict[str, Any]:
         return {"content": content, "isError": False}
     if value is None:
         return {"content": [], "isError": False}
-    import json  # noqa: PLC0415 - rare path
+    import json
 
     return {"content": [{"type": "text", "text": json.dumps(value, default=str)}], "isError": False}
-

@@ -80,7 +80,10 @@ async def cpu(arguments: dict[str, Any], ctx: ToolContext) -> Any:
     # Deliberately blocks the worker's loop: this tool measures process parallelism.
     while time.process_time() - start < budget_s:
         spins += sum(i * i for i in range(200))
-    return {"content": [{"type": "text", "text": f"burned {budget_s * 1000:.0f} ms"}], "isError": False}
+    return {
+        "content": [{"type": "text", "text": f"burned {budget_s * 1000:.0f} ms"}],
+        "isError": False,
+    }
 
 
 async def fail(arguments: dict[str, Any], ctx: ToolContext) -> Any:

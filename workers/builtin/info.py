@@ -30,7 +30,7 @@ TOOLS: list[dict[str, Any]] = [
     },
     {
         "name": "listmodels",
-        "description": "Models per provider with context window and aliases; marks configured providers.",
+        "description": "Models per provider: context window, aliases, whether configured.",
         "inputSchema": _NO_ARGS,
         "annotations": _READ_ONLY,
     },
@@ -41,7 +41,11 @@ Handler = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
 
 def _json_result(payload: dict[str, Any]) -> dict[str, Any]:
     text = orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode()
-    return {"content": [{"type": "text", "text": text}], "structuredContent": payload, "isError": False}
+    return {
+        "content": [{"type": "text", "text": text}],
+        "structuredContent": payload,
+        "isError": False,
+    }
 
 
 def handlers(settings: Settings) -> dict[str, Handler]:
@@ -77,7 +81,11 @@ def handlers(settings: Settings) -> dict[str, Handler]:
                 },
             )
             entry["models"].append(
-                {"name": model.name, "context_window": model.context_window, "aliases": list(model.aliases)}
+                {
+                    "name": model.name,
+                    "context_window": model.context_window,
+                    "aliases": list(model.aliases),
+                }
             )
         return _json_result({"default_model": settings.default_model, "providers": providers})
 

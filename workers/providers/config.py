@@ -17,8 +17,12 @@ class ProviderSpec:
 
 
 PROVIDERS: tuple[ProviderSpec, ...] = (
-    ProviderSpec("kimi", ("KIMI_API_KEY", "MOONSHOT_API_KEY"), "KIMI_API_URL", "https://api.moonshot.ai/v1"),
-    ProviderSpec("glm", ("GLM_API_KEY", "ZHIPUAI_API_KEY"), "GLM_API_URL", "https://api.z.ai/api/paas/v4"),
+    ProviderSpec(
+        "kimi", ("KIMI_API_KEY", "MOONSHOT_API_KEY"), "KIMI_API_URL", "https://api.moonshot.ai/v1"
+    ),
+    ProviderSpec(
+        "glm", ("GLM_API_KEY", "ZHIPUAI_API_KEY"), "GLM_API_URL", "https://api.z.ai/api/paas/v4"
+    ),
 )
 
 
@@ -38,10 +42,16 @@ def _real_key(value: str | None) -> str:
     """A key, or '' for unset values and the placeholders copied from example .env files."""
     value = (value or "").strip()
     lowered = value.lower()
-    if not value or lowered.startswith("your_") or lowered.endswith("_here") or lowered in (
-        "changeme",
-        "xxx",
-        "<key>",
+    if (
+        not value
+        or lowered.startswith("your_")
+        or lowered.endswith("_here")
+        or lowered
+        in (
+            "changeme",
+            "xxx",
+            "<key>",
+        )
     ):
         return ""
     return value
