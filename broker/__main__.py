@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-dir", help="folder for health, metrics and log (EXAI_LOG_DIR)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (EXAI_LOG_LEVEL)")
     parser.add_argument("--server", help="tool server module to host (EXAI_SERVER)")
+    parser.add_argument(
+        "--max-calls-per-worker",
+        help="recycle a worker after about this many calls, draining it first (0 = never)",
+    )
     parser.add_argument("--env-file", help="read settings from this .env file (default ./.env)")
     parser.add_argument("--version", action="version", version=f"exai-broker {__version__}")
     return parser

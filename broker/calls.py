@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +70,7 @@ class PendingCall:
     worker: WorkerHandle | None = None
     admitted_at: float = 0.0
     timer: asyncio.TimerHandle | None = None
+    acked: bool = False
     done: bool = False
 
 
@@ -111,6 +112,7 @@ class CallManager:
         self.catalog = Catalog.empty()
         self.calls: dict[int, PendingCall] = {}
         self.sticky: OrderedDict[str, int] = OrderedDict()
+        self.backlog: deque[PendingCall] = deque()
         self.shutting_down = False
         self.calls_total = 0
         self.errors_by_code: dict[str, int] = {}
@@ -133,8 +135,14 @@ class CallManager:
     ) -> None:
         """Start one call, or answer it at once with a typed error."""
         key = bytes(request_id)
-        if key in session.calls:
+        existing = session.calls.get(key)
+        if existing is not None:
             # A re-sent request id joins the call already running: it never runs twice.
+            self._ack(existing)
+            return
+        answered = session.recent.get(key)
+        if answered is not None:
+            session.send(answered)
             return
         now = time.monotonic()
         try:
@@ -188,23 +196,24 @@ class CallManager:
         self._start(call, outcome)
 
     def _start(self, call: PendingCall, lease: Lease) -> None:
-        call.lease = lease
-        call.admitted_at = time.monotonic()
+        """Run an admitted call on a worker (or hold it until one is ready)."""
+        if call.lease is None:
+            call.lease = lease
+            call.admitted_at = time.monotonic()
+            if call.timer is not None:
+                call.timer.cancel()  # the queue-wait timer; the call timeout starts now
+            call.timer = self._loop.call_later(self.settings.call_timeout_s, self._timed_out, call)
+            if not call.acked:
+                self._ack(call)
         worker = self._pick_worker(call)
         if worker is None:
-            self._finish(
-                call,
-                error=OverCapacity(
-                    "no worker is ready (the pool is restarting)",
-                    scope="global",
-                    provider=call.provider,
-                    retry_after_ms=500,
-                ),
-            )
+            # Every worker is restarting or being recycled: hold the call (its capacity is
+            # taken, its timeout runs) until one is ready.
+            self.backlog.append(call)
             return
         call.worker = worker
         worker.calls.add(call.call_id)
-        worker.served += 1
+        self.supervisor.note_dispatch(worker)
         self.calls[call.call_id] = call
         worker.send(
             Call(
@@ -216,13 +225,9 @@ class CallManager:
                 call.progress_token is not None,
             )
         )
-        if call.timer is None:
-            self._ack(call)
-        else:
-            call.timer.cancel()
-        call.timer = self._loop.call_later(self.settings.call_timeout_s, self._timed_out, call)
 
     def _ack(self, call: PendingCall) -> None:
+        call.acked = True
         if call.dialect == "op":
             call.session.send(
                 self.codec.encode({"op": "call_tool_ack", "request_id": call.request_id})
@@ -274,6 +279,13 @@ class CallManager:
             )
 
     # --- worker events ---------------------------------------------------------------
+
+    def handle_worker_ready(self, worker: WorkerHandle) -> None:
+        """A worker (re)started: run the calls that were waiting for one."""
+        backlog, self.backlog = self.backlog, deque()
+        for call in backlog:
+            if not call.done and call.lease is not None:
+                self._start(call, call.lease)
 
     def handle_worker_message(self, worker: WorkerHandle, message: Any) -> None:
         if isinstance(message, Result):
@@ -412,6 +424,8 @@ class CallManager:
             outcome = str(error.code)
         if not silent:
             session.send(frame)
+            if session.acks:
+                session.remember(call.key, frame)
         if outcome != "ok":
             self.errors_by_code[outcome] = self.errors_by_code.get(outcome, 0) + 1
         self.calls_total += 1

@@ -94,6 +94,7 @@ class Daemon:
             on_fatal=self._pool_failed,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
+            max_calls_per_worker=settings.max_calls_per_worker,
         )
         self.codec = FrameCodec()
         self.calls = CallManager(
@@ -110,6 +111,7 @@ class Daemon:
     def _worker_ready(self, worker: WorkerHandle) -> None:
         if worker.ready is not None and not self.calls.catalog.tools:
             self.calls.catalog = Catalog.from_ready(worker.ready)
+        self.calls.handle_worker_ready(worker)
 
     def _pool_failed(self, message: str) -> None:
         self._fatal = message

@@ -48,6 +48,7 @@ class ErrorCode(enum.StrEnum):
     METHOD_NOT_FOUND = "METHOD_NOT_FOUND"
     UNAUTHORIZED = "UNAUTHORIZED"
     CANCELLED = "CANCELLED"
+    UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
 
@@ -64,6 +65,8 @@ JSONRPC_CODES: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHORIZED: -32001,
     # Same number LSP uses for a request the client cancelled.
     ErrorCode.CANCELLED: -32800,
+    # Only the shim produces this: it cannot reach the daemon at all.
+    ErrorCode.UNAVAILABLE: -32054,
     ErrorCode.INTERNAL: -32603,
 }
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Outbound", "Session"]
 
 Outbound = Callable[[bytes], None]
+
+RECENT_MAX = 1024
+RECENT_MAX_BYTES = 8 * 1024 * 1024
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -36,6 +39,17 @@ class Session:
     opened_at: float = dataclasses.field(default_factory=time.time)
     calls_total: int = 0
     closed: bool = False
+    # Answers already sent, by request id: a re-sent id gets the same answer again
+    # instead of a second run (only for sessions that retry, i.e. shims).
+    recent: OrderedDict[bytes, bytes] = dataclasses.field(default_factory=OrderedDict)
+    recent_bytes: int = 0
+
+    def remember(self, key: bytes, frame: bytes) -> None:
+        self.recent[key] = frame
+        self.recent_bytes += len(frame)
+        while len(self.recent) > RECENT_MAX or self.recent_bytes > RECENT_MAX_BYTES:
+            _, old = self.recent.popitem(last=False)
+            self.recent_bytes -= len(old)
 
     @property
     def attached(self) -> bool:

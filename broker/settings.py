@@ -69,6 +69,7 @@ class Settings:
     shutdown_grace_s: float = 10.0
     heartbeat_interval_s: float = 5.0
     heartbeat_timeout_s: float = 30.0
+    max_calls_per_worker: int = 0
 
     @property
     def url(self) -> str:
@@ -191,6 +192,7 @@ _DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_SHUTDOWN_GRACE": ("shutdown_grace_s", _float(0)),
     "EXAI_WORKER_HEARTBEAT_INTERVAL": ("heartbeat_interval_s", _float(0, exclusive=True)),
     "EXAI_WORKER_HEARTBEAT_TIMEOUT": ("heartbeat_timeout_s", _float(0, exclusive=True)),
+    "EXAI_MAX_CALLS_PER_WORKER": ("max_calls_per_worker", _int(0)),
 }
 
 _SHIM_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -210,6 +212,7 @@ CLI_TO_ENV = {
     "log_dir": "EXAI_LOG_DIR",
     "log_level": "EXAI_LOG_LEVEL",
     "server": "EXAI_SERVER",
+    "max_calls_per_worker": "EXAI_MAX_CALLS_PER_WORKER",
 }
 
 

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -53,6 +54,9 @@ class WorkerHandle:
     cancelled: dict[int, float] = dataclasses.field(default_factory=dict)
     ready: Ready | None = None
     served: int = 0
+    last_stderr: str = ""
+    recycle_after: int = 0
+    planned_exit: bool = False
     backoff_s: float = 0.0
     last_heartbeat: float = 0.0
     transport: asyncio.SubprocessTransport | None = None
@@ -138,6 +142,7 @@ class Supervisor:
         heartbeat_interval_s: float = 5.0,
         heartbeat_timeout_s: float = 30.0,
         command: list[str] | None = None,
+        max_calls_per_worker: int = 0,
     ) -> None:
         self.size = size
         self.env = dict(env)
@@ -154,6 +159,7 @@ class Supervisor:
         self._all_ready = asyncio.Event()
         self._fatal: str | None = None
         self._heartbeat_seq = 0
+        self._max_calls = max_calls_per_worker
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -217,6 +223,10 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         handle.state = "starting"
         handle.ready = None
+        handle.served = 0
+        if self._max_calls:
+            # Jitter, so workers started together are not all recycled together.
+            handle.recycle_after = self._max_calls + random.randint(0, self._max_calls // 10)
         handle._loop = loop
         handle._out.clear()
         try:
@@ -243,6 +253,8 @@ class Supervisor:
 
     def _handle_exit(self, handle: WorkerHandle, returncode: int | None) -> None:
         was_ready = handle.ready is not None
+        planned = handle.planned_exit
+        handle.planned_exit = False
         lost = set(handle.calls)
         handle.calls.clear()
         handle.cancelled.clear()
@@ -250,7 +262,7 @@ class Supervisor:
         handle._stdin = None
         if handle.transport is not None:
             handle.transport.close()
-        level = logging.INFO if self._stopping else logging.WARNING
+        level = logging.INFO if self._stopping or planned else logging.WARNING
         log.log(
             level,
             "worker %s pid=%s exited with %s",
@@ -267,10 +279,10 @@ class Supervisor:
             if handle.early_deaths >= MAX_EARLY_DEATHS:
                 self._fail(
                     f"worker {handle.slot} died {handle.early_deaths} times before becoming "
-                    f"ready (last: {_describe_exit(returncode)}); see the log for its error"
+                    f"ready ({_describe_exit(returncode)}): {handle.last_stderr or 'no output'}"
                 )
                 return
-        if was_ready and time.monotonic() - handle.ready_at > STABLE_AFTER_S:
+        if planned or (was_ready and time.monotonic() - handle.ready_at > STABLE_AFTER_S):
             handle.backoff_s = 0.0
         delay = handle.backoff_s
         handle.backoff_s = min(BACKOFF_MAX_S, max(BACKOFF_START_S, 2 * delay))
@@ -301,10 +313,30 @@ class Supervisor:
             handle.last_heartbeat = time.monotonic()
         else:
             self._on_message(handle, message)
+            if handle.state == "draining" and not handle.calls:
+                log.info(
+                    "worker %s pid=%s drained after %d calls; replacing it",
+                    handle.slot,
+                    handle.pid,
+                    handle.served,
+                )
+                handle.send(Shutdown(1.0))
+                handle.state = "stopping"
+                handle.planned_exit = True
+
+    def note_dispatch(self, handle: WorkerHandle) -> None:
+        """Count a call sent to `handle`; past --max-calls-per-worker it starts draining."""
+        handle.served += 1
+        if self._max_calls and handle.served >= handle.recycle_after:
+            # Never drain the last ready worker: calls would have to wait for its successor.
+            others = any(w is not handle and w.state == "ready" for w in self.workers)
+            if others or self.size == 1:
+                handle.state = "draining"
 
     def log_worker_line(self, handle: WorkerHandle, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip()
         if text:
+            handle.last_stderr = text
             log.info("worker %s pid=%s: %s", handle.slot, handle.pid, text)
 
     # --- health checks ---------------------------------------------------------------

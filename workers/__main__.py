@@ -32,6 +32,8 @@ __all__ = ["Worker", "main"]
 
 log = logging.getLogger("workers")
 
+EXIT_LOAD_FAILED = 3
+
 
 class Worker:
     """Decodes broker messages, runs each call as a task, and sends results back."""
@@ -148,7 +150,15 @@ def main() -> int:
     )
     # Load the tool server before the loop starts so an import error fails fast and
     # visibly, before Ready: the supervisor treats that as a broken configuration.
-    server = load_tool_server(settings)
+    try:
+        server = load_tool_server(settings)
+    except Exception as exc:  # any import-time failure of the hosted server
+        print(
+            f"cannot load tool server {settings.server or 'builtin'!r}: "
+            f"{type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_LOAD_FAILED
     try:
         import uvloop
 
