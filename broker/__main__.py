@@ -57,7 +57,49 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def _admin_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m broker {command}")
+    parser.add_argument("--host", help="daemon address (EXAI_WS_HOST)")
+    parser.add_argument("--port", help="daemon port (EXAI_WS_PORT)")
+    parser.add_argument("--token", help="current token (EXAI_WS_TOKEN)")
+    parser.add_argument("--log-dir", help="where the health file is (EXAI_LOG_DIR)")
+    parser.add_argument("--env-file", help="read settings from this .env file")
+    if command == "rotate-token":
+        parser.add_argument("--old", required=True, help="the token in force now")
+        parser.add_argument("--new", required=True, help="the token to use from now on")
+    return parser
+
+
+def admin_main(command: str, argv: Sequence[str]) -> int:
+    """`status` and `rotate-token`: talk to a running daemon."""
+    from broker import admin
+
+    args = _admin_parser(command).parse_args(argv)
+    try:
+        cli = {k: v for k, v in vars(args).items() if k in ("host", "port", "token", "log_dir")}
+        if command == "rotate-token":
+            cli["token"] = args.old
+        settings = load_settings(collect_environment(args.env_file), cli)
+    except SettingsError as exc:
+        print(f"exai-broker: invalid setting: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if command == "status":
+        snapshot, source = asyncio.run(admin.read_status(settings))
+        text, code = admin.format_status(snapshot, source)
+        print(text)
+        return code
+    ok, message = asyncio.run(admin.rotate_token(settings, args.old, args.new))
+    print(message, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+ADMIN_COMMANDS = ("status", "rotate-token")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ADMIN_COMMANDS:
+        return admin_main(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         environ = collect_environment(args.env_file)

@@ -51,7 +51,10 @@ def check_request(daemon: Daemon, request: web.Request) -> web.Response | None:
         )
         return web.Response(status=403, text="origin not allowed\n")
     host = _host_name(request.headers.get("Host", "")).lower()
-    if host and not is_loopback_host(host) and host != settings.host.lower():
+    # DNS rebinding: a page served from evil.example resolving to 127.0.0.1 still says
+    # "Host: evil.example". Only a wildcard bind with a token accepts any host name.
+    wildcard = settings.host in ("0.0.0.0", "::") and daemon.auth.enabled
+    if host and not wildcard and not is_loopback_host(host) and host != settings.host.lower():
         log.warning("refused %s %s for host %s", request.method, request.path, host[:200])
         return web.Response(status=403, text="host not allowed\n")
     presented = _bearer(request)
@@ -82,6 +85,13 @@ async def handle_ws(request: web.Request, daemon: Daemon) -> web.StreamResponse:
     presented = _bearer(request)
     if daemon.draining:
         return web.Response(status=503, text="shutting down\n")
+    if len(daemon.connections) >= settings.max_connections:
+        log.warning(
+            "refused connection from %s: %d connections open (EXAI_WS_MAX_CONNECTIONS)",
+            request.remote,
+            len(daemon.connections),
+        )
+        return web.Response(status=503, text="too many connections\n")
     ws = web.WebSocketResponse(
         protocols=("mcp",),
         max_msg_size=settings.max_frame_bytes,

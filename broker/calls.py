@@ -26,6 +26,7 @@ from broker.protocol import (
     BrokerError,
     Cancelled,
     ErrorCode,
+    InvalidArguments,
     OverCapacity,
     ShuttingDown,
     Timeout,
@@ -37,6 +38,7 @@ from broker.scheduler import Lease, Rejection, Scheduler, Waiter
 from broker.session import Session
 from broker.settings import Settings
 from broker.supervisor import Supervisor, WorkerHandle
+from broker.validation import parse_arguments
 
 __all__ = ["CallManager", "CallRecord", "PendingCall"]
 
@@ -150,18 +152,23 @@ class CallManager:
                 raise ShuttingDown("the daemon is shutting down; retry after it restarts")
             if tool not in self.catalog:
                 raise ToolNotFound(f"unknown tool {tool!r}", tool=tool)
-            routing = self.codec.routing_args(arguments)
+            raw_args = bytes(arguments) if arguments else b"{}"
+            args = parse_arguments(raw_args)
+            model = args.get("model")
+            continuation = args.get("continuation_id")
+            if model is not None and not isinstance(model, str):
+                raise InvalidArguments("arguments.model must be a string", path="model")
             route = resolve_route(
                 tool,
-                routing.model,
+                model,
                 model_tools=self.catalog.model_tools,
                 default_model=self.settings.default_model,
                 registry=self.registry,
             )
+            self.catalog.validator.validate(tool, args)
         except BrokerError as exc:
             self._answer_error_now(session, dialect, request_id, tool, exc)
             return
-        raw_args = bytes(arguments) if arguments and bytes(arguments) != b"null" else b"{}"
         self._next_id += 1
         call = PendingCall(
             self._next_id,
@@ -175,7 +182,7 @@ class CallManager:
             route.model,
             progress_token,
             now,
-            routing.continuation_id,
+            continuation if isinstance(continuation, str) else None,
         )
         outcome = self.scheduler.try_acquire(session.id, route.provider, now)
         if isinstance(outcome, Rejection):

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from broker.ipc import Ready
+from broker.validation import ArgumentValidator
 
 __all__ = ["Catalog"]
 
@@ -19,17 +20,25 @@ class Catalog:
     model_tools: frozenset[str]
     server_name: str
     list_result: bytes
+    validator: ArgumentValidator
 
     @classmethod
     def empty(cls) -> Catalog:
-        return cls((), {}, frozenset(), "", b'{"tools":[]}')
+        return cls((), {}, frozenset(), "", b'{"tools":[]}', ArgumentValidator({}))
 
     @classmethod
     def from_ready(cls, ready: Ready) -> Catalog:
         tools = tuple(orjson.loads(ready.tools))
         by_name = {t["name"]: t for t in tools if isinstance(t, dict) and "name" in t}
         list_result = b'{"tools":' + ready.tools + b"}"
-        return cls(tools, by_name, frozenset(ready.model_tools), ready.server_name, list_result)
+        return cls(
+            tools,
+            by_name,
+            frozenset(ready.model_tools),
+            ready.server_name,
+            list_result,
+            ArgumentValidator(by_name),
+        )
 
     def __contains__(self, name: object) -> bool:
         return name in self.by_name

@@ -230,7 +230,7 @@ class Daemon:
 
     def connection_closed(self, conn: WsConnection, ended: bool) -> None:
         session = conn.session
-        if session is None or session.send_fn != conn.send:
+        if session is None or session.owner is not conn:
             return
         resumable = conn.dialect == "op" and self.settings.resume_grace_s > 0
         if resumable and not ended and not self.draining:

@@ -44,6 +44,7 @@ CLOSE_NOT_JSON = 4000
 CLOSE_NOT_HELLO = 4001
 CLOSE_HELLO_TIMEOUT = 4002
 CLOSE_UNAUTHORIZED = 4003
+CLOSE_TAKEN_OVER = 4004
 
 
 class ClientPeer(Protocol):
@@ -135,6 +136,10 @@ class FrameRouter:
             peer.authenticated = True
             peer.dialect = "op"
             session, resumed, held = self.sessions.open(session_id, peer.send, env.acks)
+            previous, session.owner = session.owner, peer
+            if previous is not None and previous is not peer:
+                # One connection per session: the newest wins (the old one is likely dead).
+                previous.close(CLOSE_TAKEN_OVER, "session taken over by a new connection")
             peer.session = session
             peer.send(
                 self.codec.encode(
@@ -164,6 +169,7 @@ class FrameRouter:
                 peer.close(CLOSE_UNAUTHORIZED, "unauthorized")
             return False
         session, _, _ = self.sessions.open(secrets.token_hex(16), peer.send, False)
+        session.owner = peer
         peer.session = session
         peer.dialect = "mcp" if env.jsonrpc is not None else "op"
         log.info("session %s opened (%s, no hello)", _short(session.id), peer.dialect)

@@ -30,6 +30,8 @@ class Session:
     protocol_version: str | None = None
     calls: dict[bytes, Any] = dataclasses.field(default_factory=dict)
     send_fn: Outbound | None = None
+    # The connection currently attached (whatever the front end uses; compared by identity).
+    owner: Any = None
     outbox: deque[bytes] = dataclasses.field(default_factory=deque)
     outbox_bytes: int = 0
     outbox_max_bytes: int = 64 * 1024 * 1024
@@ -82,6 +84,7 @@ class Session:
 
     def detach(self, now: float) -> None:
         self.send_fn = None
+        self.owner = None
         self.detached_at = now
 
 

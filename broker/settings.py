@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from broker.auth import is_loopback_host
+
 __all__ = [
     "DEFAULT_PROVIDER_CAPS",
     "Settings",
@@ -70,6 +72,7 @@ class Settings:
     heartbeat_interval_s: float = 5.0
     heartbeat_timeout_s: float = 30.0
     max_calls_per_worker: int = 0
+    max_connections: int = 512
 
     @property
     def url(self) -> str:
@@ -193,6 +196,7 @@ _DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_WORKER_HEARTBEAT_INTERVAL": ("heartbeat_interval_s", _float(0, exclusive=True)),
     "EXAI_WORKER_HEARTBEAT_TIMEOUT": ("heartbeat_timeout_s", _float(0, exclusive=True)),
     "EXAI_MAX_CALLS_PER_WORKER": ("max_calls_per_worker", _int(0)),
+    "EXAI_WS_MAX_CONNECTIONS": ("max_connections", _int(1)),
 }
 
 _SHIM_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -271,8 +275,15 @@ def load_settings(environ: Mapping[str, str], cli: Mapping[str, object] | None =
             env[CLI_TO_ENV[flag]] = str(value)
     values = _parse_fields(_DAEMON_FIELDS, env)
     values["provider_caps"] = _provider_caps(env)
-    if not values.get("host", "127.0.0.1"):
+    host = values.get("host", "127.0.0.1")
+    if not host:
         raise SettingsError("EXAI_WS_HOST='': expected a host name or address")
+    if not is_loopback_host(host) and not values.get("token"):
+        raise SettingsError(
+            f"EXAI_WS_HOST={host!r}: listening beyond loopback needs EXAI_WS_TOKEN, "
+            "or any machine that can reach this port could run tools and spend provider "
+            "credits; set a token or use 127.0.0.1"
+        )
     return Settings(**values)
 
 

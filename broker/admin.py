@@ -1,0 +1,114 @@
+"""Commands that talk to a running daemon: `status` and `rotate-token`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from broker.settings import Settings
+
+__all__ = ["format_status", "read_status", "rotate_token"]
+
+EXIT_OK = 0
+EXIT_DOWN = 1
+
+
+def _http_base(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+    host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
+    return f"http://{host}:{settings.port}"
+
+
+async def read_status(
+    settings: Settings, timeout_s: float = 3.0
+) -> tuple[dict[str, Any] | None, str]:
+    """The daemon's health from GET /health, else from the health file; with the source."""
+    headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    error = ""
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            async with http.get(f"{_http_base(settings)}/health", headers=headers) as resp:
+                if resp.status in (200, 503):
+                    return dict(await resp.json()), "live"
+                error = f"GET /health answered HTTP {resp.status}"
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        error = f"no daemon answers at {_http_base(settings)} ({type(exc).__name__})"
+    path = Path(settings.log_dir) / "ws_daemon.health.json"
+    try:
+        snapshot = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, error
+    return dict(snapshot), f"file ({error})"
+
+
+def format_status(snapshot: dict[str, Any] | None, source: str) -> tuple[str, int]:
+    """A human-readable summary and the exit code: 0 healthy, 1 down."""
+    if snapshot is None:
+        return f"DOWN: {source}; no health file either", EXIT_DOWN
+    age_s = time.time() - float(snapshot.get("t", 0))
+    if not source.startswith("live"):
+        return (
+            f"DOWN: {source}; last health snapshot is {age_s:.0f} s old "
+            f"(pid {snapshot.get('pid')})",
+            EXIT_DOWN,
+        )
+    inflight = snapshot.get("inflight", {})
+    capacity = snapshot.get("capacity", {})
+    providers = ", ".join(
+        f"{name} {inflight.get('providers', {}).get(name, 0)}/{cap}"
+        for name, cap in capacity.get("providers", {}).items()
+    )
+    workers = snapshot.get("workers", [])
+    live = sum(1 for w in workers if w.get("state") == "ready")
+    lines = [
+        f"{'DRAINING' if snapshot.get('draining') else 'UP'}: "
+        f"exai-broker {snapshot.get('version')} pid {snapshot.get('pid')} on {snapshot.get('host')}:{snapshot.get('port')}, "
+        f"up {snapshot.get('uptime_s', 0):.0f} s",
+        f"sessions {snapshot.get('sessions', 0)} attached, "
+        f"{snapshot.get('sessions_detached', 0)} waiting to resume",
+        f"in flight {inflight.get('global', 0)}/{capacity.get('global')} (per session "
+        f"{capacity.get('session')}); providers: {providers}; queued {snapshot.get('queued', 0)}",
+        f"workers {live}/{len(workers)} ready: "
+        + ", ".join(
+            f"#{w.get('slot')} pid {w.get('pid')} {w.get('state')} "
+            f"inflight {w.get('inflight')} restarts {w.get('restarts')}"
+            for w in workers
+        ),
+        f"calls {snapshot.get('calls_total', 0)}; "
+        f"errors {snapshot.get('errors_by_code') or 'none'}; metrics lines dropped {snapshot.get('metrics_dropped', 0)}",
+    ]
+    healthy = not snapshot.get("draining") and live > 0
+    return "\n".join(lines), EXIT_OK if healthy else EXIT_DOWN
+
+
+async def rotate_token(
+    settings: Settings, old: str, new: str, timeout_s: float = 5.0
+) -> tuple[bool, str]:
+    """Ask the running daemon to replace its token; (ok, message)."""
+    url = _http_base(settings).replace("http://", "ws://") + "/"
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=timeout_s)) as ws,
+        ):
+            await ws.send_json({"op": "hello", "token": old})
+            ack = json.loads(await ws.receive_str(timeout=timeout_s))
+            if not ack.get("ok"):
+                return False, f"the daemon refused the old token ({ack.get('error')})"
+            await ws.send_json({"op": "rotate_token", "old": old, "new": new})
+            reply = json.loads(await ws.receive_str(timeout=timeout_s))
+    except (aiohttp.ClientError, TimeoutError, OSError, TypeError) as exc:
+        return False, f"cannot reach the daemon at {url}: {type(exc).__name__}: {exc}"
+    if reply.get("ok"):
+        return True, (
+            "token rotated: new connections need the new token. Set EXAI_WS_TOKEN to it for "
+            "the daemon and every shim, or the next daemon restart brings the old one back."
+        )
+    error = reply.get("error") or {}
+    return False, f"rotation refused: {error.get('message', reply)}"
