@@ -31,11 +31,13 @@ async def read_status(
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     error = ""
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            async with http.get(f"{_http_base(settings)}/health", headers=headers) as resp:
-                if resp.status in (200, 503):
-                    return dict(await resp.json()), "live"
-                error = f"GET /health answered HTTP {resp.status}"
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(f"{_http_base(settings)}/health", headers=headers) as resp,
+        ):
+            if resp.status in (200, 503):
+                return dict(await resp.json()), "live"
+            error = f"GET /health answered HTTP {resp.status}"
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         error = f"no daemon answers at {_http_base(settings)} ({type(exc).__name__})"
     path = Path(settings.log_dir) / "ws_daemon.health.json"
@@ -67,7 +69,8 @@ def format_status(snapshot: dict[str, Any] | None, source: str) -> tuple[str, in
     live = sum(1 for w in workers if w.get("state") == "ready")
     lines = [
         f"{'DRAINING' if snapshot.get('draining') else 'UP'}: "
-        f"exai-broker {snapshot.get('version')} pid {snapshot.get('pid')} on {snapshot.get('host')}:{snapshot.get('port')}, "
+        f"exai-broker {snapshot.get('version')} pid {snapshot.get('pid')} "
+        f"on {snapshot.get('host')}:{snapshot.get('port')}, "
         f"up {snapshot.get('uptime_s', 0):.0f} s",
         f"sessions {snapshot.get('sessions', 0)} attached, "
         f"{snapshot.get('sessions_detached', 0)} waiting to resume",
@@ -80,7 +83,8 @@ def format_status(snapshot: dict[str, Any] | None, source: str) -> tuple[str, in
             for w in workers
         ),
         f"calls {snapshot.get('calls_total', 0)}; "
-        f"errors {snapshot.get('errors_by_code') or 'none'}; metrics lines dropped {snapshot.get('metrics_dropped', 0)}",
+        f"errors {snapshot.get('errors_by_code') or 'none'}; "
+        f"metrics lines dropped {snapshot.get('metrics_dropped', 0)}",
     ]
     healthy = not snapshot.get("draining") and live > 0
     return "\n".join(lines), EXIT_OK if healthy else EXIT_DOWN
