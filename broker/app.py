@@ -14,6 +14,7 @@ from aiohttp import WSMsgType, web
 from broker.auth import is_loopback_host
 from broker.connection import WsConnection
 from broker.dispatch import CLOSE_HELLO_TIMEOUT
+from broker.prometheus import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from broker.daemon import Daemon
@@ -140,16 +141,30 @@ def _hello_timeout(daemon: Daemon, conn: WsConnection) -> None:
         conn.close(CLOSE_HELLO_TIMEOUT, "no hello in time")
 
 
-async def handle_health(request: web.Request) -> web.StreamResponse:
-    daemon = request.app[DAEMON_KEY]
+def check_http(daemon: Daemon, request: web.Request) -> web.Response | None:
+    """Origin, Host and token rules for plain HTTP endpoints (the token is required)."""
     refusal = check_request(daemon, request)
-    if refusal is not None:
-        return refusal
-    if daemon.auth.enabled and _bearer(request) is None:
-        return web.Response(
+    if refusal is None and daemon.auth.enabled and _bearer(request) is None:
+        refusal = web.Response(
             status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"}
         )
+    return refusal
+
+
+async def handle_health(request: web.Request) -> web.StreamResponse:
+    daemon = request.app[DAEMON_KEY]
+    refusal = check_http(daemon, request)
+    if refusal is not None:
+        return refusal
     return web.json_response(daemon.snapshot(), status=503 if daemon.draining else 200)
+
+
+async def handle_metrics(request: web.Request) -> web.StreamResponse:
+    daemon = request.app[DAEMON_KEY]
+    refusal = check_http(daemon, request)
+    if refusal is not None:
+        return refusal
+    return web.Response(body=daemon.prometheus.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 def create_app(daemon: Daemon) -> web.Application:
@@ -158,4 +173,5 @@ def create_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/", handle_root)
     app.router.add_get("/ws", handle_root)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/metrics", handle_metrics)
     return app

@@ -20,13 +20,14 @@ from aiohttp import web
 from broker import __version__
 from broker.app import create_app
 from broker.auth import Auth
-from broker.calls import CallManager
+from broker.calls import CallManager, CallRecord
 from broker.catalog import Catalog
 from broker.connection import WsConnection
 from broker.dispatch import FrameRouter
 from broker.frames import FrameCodec
 from broker.health import HealthFile
 from broker.metrics import MetricsWriter
+from broker.prometheus import PrometheusMetrics
 from broker.protocol import ShuttingDown
 from broker.scheduler import Scheduler
 from broker.session import SessionRegistry
@@ -97,8 +98,9 @@ class Daemon:
             max_calls_per_worker=settings.max_calls_per_worker,
         )
         self.codec = FrameCodec()
+        self.prometheus = PrometheusMetrics(self.snapshot)
         self.calls = CallManager(
-            settings, self.scheduler, self.supervisor, self.codec, self.metrics.record
+            settings, self.scheduler, self.supervisor, self.codec, self._record
         )
         self.sessions = SessionRegistry(settings.resume_grace_s, settings.send_buffer_bytes)
         self.router = FrameRouter(
@@ -106,6 +108,12 @@ class Daemon:
         )
         self.health = HealthFile(
             self.log_dir / HEALTH_FILE, self.snapshot, settings.health_interval_s
+        )
+
+    def _record(self, record: CallRecord) -> None:
+        self.metrics.record(record)
+        self.prometheus.observe(
+            record.tool, record.provider, record.outcome, record.latency_ms, record.queue_ms
         )
 
     def _worker_ready(self, worker: WorkerHandle) -> None:
