@@ -33,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (EXAI_LOG_LEVEL)")
     parser.add_argument("--server", help="tool server module to host (EXAI_SERVER)")
     parser.add_argument(
+        "--server-cmd",
+        help="run this stdio MCP server in every worker and share it (EXAI_SERVER_CMD), "
+        'e.g. "uvx mcp-server-time"',
+    )
+    parser.add_argument(
+        "--isolation",
+        help="shared (one hosted server per worker) or session (one per client session)",
+    )
+    parser.add_argument(
         "--max-calls-per-worker",
         help="recycle a worker after about this many calls, draining it first (0 = never)",
     )

@@ -21,7 +21,7 @@ import msgspec
 
 from broker.catalog import Catalog
 from broker.frames import FrameCodec
-from broker.ipc import Call, Progress, Result
+from broker.ipc import Call, Progress, Result, SessionEnded
 from broker.protocol import (
     BrokerError,
     Cancelled,
@@ -244,17 +244,24 @@ class CallManager:
 
     def _pick_worker(self, call: PendingCall) -> WorkerHandle | None:
         workers = self.supervisor.workers
-        if call.continuation_id is not None:
-            slot = self.sticky.get(call.continuation_id)
+        # Per-session server instances live in one worker, so a session sticks to it;
+        # so does a conversation (continuation_id), whose history lives in a worker.
+        sticky_key = (
+            f"session:{call.session.id}"
+            if self.settings.isolation == "session"
+            else call.continuation_id
+        )
+        if sticky_key is not None:
+            slot = self.sticky.get(sticky_key)
             if slot is not None and workers[slot].live:
-                self.sticky.move_to_end(call.continuation_id)
+                self.sticky.move_to_end(sticky_key)
                 return workers[slot]
         best: WorkerHandle | None = None
         for worker in workers:
             if worker.state == "ready" and (best is None or len(worker.calls) < len(best.calls)):
                 best = worker
-        if best is not None and call.continuation_id is not None:
-            self.sticky[call.continuation_id] = best.slot
+        if best is not None and sticky_key is not None:
+            self.sticky[sticky_key] = best.slot
             if len(self.sticky) > STICKY_MAX:
                 self.sticky.popitem(last=False)
         return best
@@ -311,10 +318,7 @@ class CallManager:
         elif result.error_code == ErrorCode.CANCELLED:
             self._finish(call, error=Cancelled("the call was cancelled"))
         else:
-            error = BrokerError(result.error_message or "tool failed")
-            if result.error_code == ErrorCode.TOOL_NOT_FOUND:
-                error = ToolNotFound(result.error_message or "unknown tool", tool=call.tool)
-            self._finish(call, error=error)
+            self._finish(call, error=_worker_error(result, call.tool))
 
     def _handle_progress(self, progress: Progress) -> None:
         call = self.calls.get(progress.call_id)
@@ -383,6 +387,10 @@ class CallManager:
     def end_session(self, session: Session) -> None:
         """The session is gone for good: stop its calls, free its capacity."""
         session.closed = True
+        if self.settings.isolation == "session":
+            self.sticky.pop(f"session:{session.id}", None)
+            for worker in self.supervisor.live_workers():
+                worker.send(SessionEnded(session.id))
         for call in list(session.calls.values()):
             if call.waiter is not None:
                 self.scheduler.withdraw(call.waiter)
@@ -520,3 +528,18 @@ class CallManager:
         session.calls[call.key] = call
         self._active += 1
         self._idle.clear()
+
+
+def _worker_error(result: Result, tool: str) -> BrokerError:
+    """The typed error for a worker's failed Result."""
+    message = result.error_message or "the tool failed"
+    kinds: dict[str | None, type[BrokerError]] = {
+        ErrorCode.TOOL_NOT_FOUND: ToolNotFound,
+        ErrorCode.OVER_CAPACITY: OverCapacity,
+        ErrorCode.WORKER_LOST: WorkerLost,
+        ErrorCode.INVALID_ARGUMENTS: InvalidArguments,
+    }
+    kind = kinds.get(result.error_code, BrokerError)
+    if kind is OverCapacity:
+        return OverCapacity(message, scope="instances", provider=None, retry_after_ms=1000)
+    return kind(message, tool=tool)

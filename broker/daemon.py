@@ -85,6 +85,8 @@ class Daemon:
             "DEFAULT_MODEL": settings.default_model,
             "EXAI_LOG_LEVEL": settings.log_level,
             "EXAI_WORKERS": str(settings.workers),
+            "EXAI_SERVER_CMD": settings.server_cmd,
+            "EXAI_ISOLATION": settings.isolation,
         }
         self.supervisor = Supervisor(
             size=settings.workers,

@@ -17,6 +17,7 @@ __all__ = [
     "Progress",
     "Ready",
     "Result",
+    "SessionEnded",
     "Shutdown",
     "WorkerMessage",
 ]
@@ -51,6 +52,12 @@ class Shutdown(msgspec.Struct, tag="shutdown", array_like=True, frozen=True):
     grace_s: float = 5.0
 
 
+class SessionEnded(msgspec.Struct, tag="session_end", array_like=True, frozen=True):
+    """A client session is gone for good; per-session server instances can be closed."""
+
+    session_id: str
+
+
 class Ready(msgspec.Struct, tag="ready", array_like=True, frozen=True):
     """First message of a worker: its pid and its tools (JSON list of MCP Tool objects)."""
 
@@ -77,5 +84,5 @@ class Progress(msgspec.Struct, tag="progress", array_like=True, frozen=True):
     message: str | None = None
 
 
-BrokerMessage = Call | Cancel | Heartbeat | Shutdown
+BrokerMessage = Call | Cancel | Heartbeat | Shutdown | SessionEnded
 WorkerMessage = Ready | Result | Progress | Heartbeat

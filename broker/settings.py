@@ -73,6 +73,11 @@ class Settings:
     heartbeat_timeout_s: float = 30.0
     max_calls_per_worker: int = 0
     max_connections: int = 512
+    server_cmd: str = ""
+    isolation: str = "shared"
+    session_idle_timeout_s: float = 600.0
+    session_instances_max: int = 16
+    model_tools: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -162,6 +167,20 @@ def _log_level(raw: str) -> str:
     return value
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in raw.split(",") if n.strip())
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
@@ -197,6 +216,11 @@ _DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_WORKER_HEARTBEAT_TIMEOUT": ("heartbeat_timeout_s", _float(0, exclusive=True)),
     "EXAI_MAX_CALLS_PER_WORKER": ("max_calls_per_worker", _int(0)),
     "EXAI_WS_MAX_CONNECTIONS": ("max_connections", _int(1)),
+    "EXAI_SERVER_CMD": ("server_cmd", _str),
+    "EXAI_ISOLATION": ("isolation", _choice("shared", "session")),
+    "EXAI_SESSION_IDLE_TIMEOUT": ("session_idle_timeout_s", _float(0, exclusive=True)),
+    "EXAI_SESSION_INSTANCES_MAX": ("session_instances_max", _int(1)),
+    "EXAI_MODEL_TOOLS": ("model_tools", _names),
 }
 
 _SHIM_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -217,6 +241,8 @@ CLI_TO_ENV = {
     "log_level": "EXAI_LOG_LEVEL",
     "server": "EXAI_SERVER",
     "max_calls_per_worker": "EXAI_MAX_CALLS_PER_WORKER",
+    "server_cmd": "EXAI_SERVER_CMD",
+    "isolation": "EXAI_ISOLATION",
 }
 
 

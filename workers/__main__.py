@@ -16,7 +16,17 @@ from typing import Any
 import orjson
 
 from broker.framing import FrameDecoder, FrameEncoder, FramingError
-from broker.ipc import BrokerMessage, Call, Cancel, Heartbeat, Progress, Ready, Result, Shutdown
+from broker.ipc import (
+    BrokerMessage,
+    Call,
+    Cancel,
+    Heartbeat,
+    Progress,
+    Ready,
+    Result,
+    SessionEnded,
+    Shutdown,
+)
 from broker.protocol import ErrorCode
 from broker.settings import SettingsError, load_settings
 from workers.host import (
@@ -26,6 +36,7 @@ from workers.host import (
     load_tool_server,
     to_call_tool_result,
 )
+from workers.mcp_host import HostedError
 from workers.pipes import IpcPipes, take_ipc_stdout
 
 __all__ = ["Worker", "main"]
@@ -73,6 +84,8 @@ class Worker:
                     task.cancel()
             elif isinstance(message, Heartbeat):
                 self.send(message)
+            elif isinstance(message, SessionEnded):
+                self.loop.create_task(self.server.session_ended(message.session_id))
             elif isinstance(message, Shutdown):
                 self.grace_s = message.grace_s
                 self.stopping.set()
@@ -102,6 +115,8 @@ class Worker:
             self.send(Result(call.call_id, None, ErrorCode.CANCELLED, "cancelled"))
         except LookupError as exc:
             self.send(Result(call.call_id, None, ErrorCode.TOOL_NOT_FOUND, str(exc)))
+        except HostedError as exc:
+            self.send(Result(call.call_id, None, exc.code, str(exc)))
         except Exception as exc:  # a tool's failure is its caller's result, not ours
             log.info("tool %s raised %s: %s", call.tool, type(exc).__name__, exc)
             message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -127,6 +142,14 @@ async def serve(server: ToolServer) -> None:
     pipes = IpcPipes(loop, sys.stdin.buffer, ipc_out, worker.handle_data, worker.handle_eof)
     worker.pipes = pipes
     await pipes.start()
+    try:
+        await server.start()
+    except Exception as exc:  # the hosted server could not start: fail before Ready
+        print(
+            f"cannot start tool server {server.name!r}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_LOAD_FAILED) from None
     worker.announce()
     await worker.stopping.wait()
     await worker.drain()
@@ -151,7 +174,7 @@ def main() -> int:
     # Load the tool server before the loop starts so an import error fails fast and
     # visibly, before Ready: the supervisor treats that as a broken configuration.
     try:
-        server = load_tool_server(settings)
+        server = load_tool_server(settings, os.environ)
     except Exception as exc:  # any import-time failure of the hosted server
         print(
             f"cannot load tool server {settings.server or 'builtin'!r}: "

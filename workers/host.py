@@ -53,7 +53,11 @@ class ToolServer(Protocol):
     tools: list[dict[str, Any]]
     model_tools: frozenset[str]
 
+    async def start(self) -> None: ...
+
     async def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext) -> Any: ...
+
+    async def session_ended(self, session_id: str) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -84,6 +88,12 @@ class ModuleToolServer:
         self._handler = handler
         self._is_async = inspect.iscoroutinefunction(handler)
 
+    async def start(self) -> None:
+        return None
+
+    async def session_ended(self, session_id: str) -> None:
+        return None
+
     async def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext) -> Any:
         if self._is_async:
             return await self._handler(name, arguments, ctx)
@@ -94,8 +104,23 @@ class ModuleToolServer:
         return None
 
 
-def load_tool_server(settings: Settings) -> ToolServer:
-    """The tool server named by `settings.server`, or the built-in tools."""
+def load_tool_server(settings: Settings, environ: Mapping[str, str]) -> ToolServer:
+    """The tool server the settings name: a command, a module, an SDK object, or built-ins."""
+    model_tools = frozenset(settings.model_tools)
+    if settings.server_cmd:
+        from workers.mcp_host import ClientToolServer, command_target
+
+        # The hosted server gets our environment (its own API keys live there) minus the
+        # daemon's token, which it has no business seeing.
+        child_env = {k: v for k, v in environ.items() if k != "EXAI_WS_TOKEN"}
+        return ClientToolServer(
+            settings.server_cmd.split()[0],
+            command_target(settings.server_cmd, child_env),
+            isolation=settings.isolation,
+            idle_timeout_s=settings.session_idle_timeout_s,
+            max_instances=settings.session_instances_max,
+            model_tools=model_tools,
+        )
     spec = settings.server
     if not spec:
         from workers.builtin import BuiltinTools
@@ -104,12 +129,21 @@ def load_tool_server(settings: Settings) -> ToolServer:
     module_name, _, attr = spec.partition(":")
     module = importlib.import_module(module_name)
     if attr:
-        raise ValueError(f"--server {spec}: hosting an SDK server object is not available yet")
+        from workers.mcp_host import ClientToolServer, object_target
+
+        return ClientToolServer(
+            spec,
+            object_target(getattr(module, attr)),
+            isolation=settings.isolation,
+            idle_timeout_s=settings.session_idle_timeout_s,
+            max_instances=settings.session_instances_max,
+            model_tools=model_tools,
+        )
     tools = getattr(module, "TOOLS", None)
     handler = getattr(module, "handle_call_tool", None)
     if tools is None or handler is None:
         raise ValueError(f"--server {spec}: the module needs TOOLS and handle_call_tool")
-    model_tools = frozenset(getattr(module, "MODEL_TOOLS", ()))
+    model_tools |= frozenset(getattr(module, "MODEL_TOOLS", ()))
     return ModuleToolServer(module_name, tools, handler, model_tools)
 
 

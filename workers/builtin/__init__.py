@@ -31,5 +31,11 @@ class BuiltinTools:
             raise LookupError(f"unknown tool {name!r}")
         return await handler(arguments, ctx)
 
+    async def start(self) -> None:
+        return None
+
+    async def session_ended(self, session_id: str) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
