@@ -125,7 +125,7 @@ def load_tool_server(settings: Settings, environ: Mapping[str, str]) -> ToolServ
     if not spec:
         from workers.builtin import BuiltinTools
 
-        return BuiltinTools(settings)
+        return BuiltinTools(settings, environ)
     module_name, _, attr = spec.partition(":")
     module = importlib.import_module(module_name)
     if attr:

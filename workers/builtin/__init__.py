@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from broker.routing import ModelRegistry
 from broker.settings import Settings
 from workers.builtin import diagnostics, info
+from workers.builtin.chat import TOOL as CHAT_TOOL
+from workers.builtin.chat import ChatTool
 from workers.host import ToolContext
+from workers.providers.config import provider_configs
 
 __all__ = ["BuiltinTools"]
 
 
 class BuiltinTools:
-    """version and listmodels always; echo, sleep, cpu and fail with EXAI_DIAGNOSTIC_TOOLS=1."""
+    """version, listmodels and chat; echo, sleep, cpu and fail with EXAI_DIAGNOSTIC_TOOLS=1."""
 
     name = "exai-builtin"
-    model_tools: frozenset[str] = frozenset()
+    # chat's provider follows its model, so the broker tags it by the resolved model.
+    model_tools: frozenset[str] = frozenset({"chat"})
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self.tools: list[dict[str, Any]] = list(info.TOOLS)
-        self._handlers = dict(info.handlers(settings))
+    def __init__(self, settings: Settings, environ: Mapping[str, str]) -> None:
+        configs = provider_configs(environ)
+        self._chat = ChatTool(configs, ModelRegistry())
+        self.tools: list[dict[str, Any]] = [*info.TOOLS, CHAT_TOOL]
+        self._handlers = dict(info.handlers(settings, configs))
+        self._handlers["chat"] = self._chat
         if settings.diagnostic_tools:
             self.tools.extend(diagnostics.TOOLS)
             self._handlers.update(diagnostics.HANDLERS)
@@ -38,4 +46,4 @@ class BuiltinTools:
         return None
 
     async def aclose(self) -> None:
-        return None
+        await self._chat.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -14,7 +14,7 @@ from broker import __version__
 from broker.routing import MODELS
 from broker.settings import Settings
 from workers.host import ToolContext
-from workers.providers.config import provider_configs
+from workers.providers.config import ProviderConfig
 
 __all__ = ["TOOLS", "handlers"]
 
@@ -48,8 +48,7 @@ def _json_result(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def handlers(settings: Settings) -> dict[str, Handler]:
-    configs = provider_configs(os.environ)
+def handlers(settings: Settings, configs: Mapping[str, ProviderConfig]) -> dict[str, Handler]:
 
     async def version(arguments: dict[str, Any], ctx: ToolContext) -> Any:
         return _json_result(
