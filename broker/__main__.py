@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", help="worker processes (EXAI_WORKERS, default 4)")
     parser.add_argument("--log-dir", help="folder for health, metrics and log (EXAI_LOG_DIR)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (EXAI_LOG_LEVEL)")
+    parser.add_argument("--log-format", help="text or json (EXAI_LOG_FORMAT)")
     parser.add_argument("--server", help="tool server module to host (EXAI_SERVER)")
     parser.add_argument(
         "--server-cmd",
@@ -50,14 +51,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        entry = {
+            "t": record.created,
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
 def configure_logging(settings: Settings) -> None:
     log_dir = Path(settings.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt: logging.Formatter = (
+        JsonFormatter()
+        if settings.log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
     file_handler = logging.handlers.RotatingFileHandler(
-        log_dir / "mcp_server.log", maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8"
+        log_dir / "mcp_server.log",
+        maxBytes=settings.log_max_bytes,
+        backupCount=settings.log_backups,
+        encoding="utf-8",
     )
     file_handler.setFormatter(fmt)
     root = logging.getLogger()

@@ -443,6 +443,13 @@ class CallManager:
                 session.remember(call.key, frame)
         if outcome != "ok":
             self.errors_by_code[outcome] = self.errors_by_code.get(outcome, 0) + 1
+            log.info(
+                "call %s of session %s -> %s%s",
+                call.tool,
+                session.id[:8],
+                outcome,
+                f": {error.message}" if error is not None else "",
+            )
         self.calls_total += 1
         queue_ms = ((call.admitted_at or now) - call.received_at) * 1000.0
         self.record(
@@ -480,6 +487,7 @@ class CallManager:
             return
         session.send(self._error_frame(dialect, request_id, exc))
         code = str(exc.code)
+        log.info("call %s of session %s -> %s: %s", tool, session.id[:8], code, exc.message)
         self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
         self.calls_total += 1
         self.record(

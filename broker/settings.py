@@ -61,6 +61,9 @@ class Settings:
     workers: int = 4
     log_dir: str = "logs"
     log_level: str = "INFO"
+    log_format: str = "text"
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 5
     diagnostic_tools: bool = False
     server: str = ""
     default_model: str = "glm-4.5-flash"
@@ -92,6 +95,8 @@ class ShimSettings:
     token: str = ""
     rpc_timeout_s: float = 30.0
     max_frame_bytes: int = 33_554_432
+    autostart: bool = False
+    log_dir: str = "logs"
 
     @property
     def url(self) -> str:
@@ -204,6 +209,9 @@ _DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_WORKERS": ("workers", _int(1, 256)),
     "EXAI_LOG_DIR": ("log_dir", _str),
     "EXAI_LOG_LEVEL": ("log_level", _log_level),
+    "EXAI_LOG_FORMAT": ("log_format", _choice("text", "json")),
+    "EXAI_LOG_MAX_BYTES": ("log_max_bytes", _int(1024)),
+    "EXAI_LOG_BACKUPS": ("log_backups", _int(0, 100)),
     "EXAI_DIAGNOSTIC_TOOLS": ("diagnostic_tools", _bool),
     "EXAI_SERVER": ("server", _str),
     "DEFAULT_MODEL": ("default_model", _str),
@@ -229,6 +237,8 @@ _SHIM_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_WS_TOKEN": ("token", _token),
     "EXAI_SHIM_RPC_TIMEOUT": ("rpc_timeout_s", _float(0, exclusive=True)),
     "EXAI_WS_MAX_BYTES": ("max_frame_bytes", _int(1024)),
+    "EXAI_SHIM_AUTOSTART": ("autostart", _bool),
+    "EXAI_LOG_DIR": ("log_dir", _str),
 }
 
 # CLI flag -> environment variable it overrides, so flags and variables share one parser.
@@ -239,6 +249,7 @@ CLI_TO_ENV = {
     "workers": "EXAI_WORKERS",
     "log_dir": "EXAI_LOG_DIR",
     "log_level": "EXAI_LOG_LEVEL",
+    "log_format": "EXAI_LOG_FORMAT",
     "server": "EXAI_SERVER",
     "max_calls_per_worker": "EXAI_MAX_CALLS_PER_WORKER",
     "server_cmd": "EXAI_SERVER_CMD",

@@ -29,6 +29,7 @@ from typing import Any
 from broker.protocol import JSONRPC_CODES, ErrorCode
 from broker.settings import ShimSettings
 from shim import websocket
+from shim.autostart import Autostarter
 from shim.websocket import ConnectionClosed, HandshakeError, WebSocket
 
 __all__ = ["Bridge"]
@@ -103,6 +104,9 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         self._connected = asyncio.Event()
         self._reconnect_now = asyncio.Event()
+        self.autostarter: Autostarter | None = (
+            Autostarter(settings.log_dir) if settings.autostart else None
+        )
 
     # --- client side -----------------------------------------------------------------
 
@@ -287,6 +291,8 @@ class Bridge:
             except (OSError, HandshakeError, ConnectionClosed, TimeoutError, ValueError) as exc:
                 self.last_error = _describe(exc)
                 attempt += 1
+                if isinstance(exc, ConnectionRefusedError) and self.autostarter is not None:
+                    self.autostarter.maybe_start()
                 delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** min(attempt, 10))
                 if attempt == 1 or attempt % 20 == 0:
                     log.warning("cannot reach daemon at %s: %s", self.settings.url, self.last_error)
