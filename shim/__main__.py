@@ -67,8 +67,16 @@ async def _watch_parent(bridge: Bridge) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
-        print("usage: python -m shim   (an MCP stdio server; configure with EXAI_WS_* variables)")
+        print(
+            "usage: python -m shim            an MCP stdio server for your client\n"
+            "       python -m shim config --client vscode|augment|auggie|claude|cursor"
+            " [--write PATH]"
+        )
         return 0
+    if args and args[0] == "config":
+        from shim.clients import config_main
+
+        return config_main(args[1:], collect_environment())
     logging.basicConfig(
         level=os.environ.get("EXAI_SHIM_LOG_LEVEL", "WARNING").upper(),
         stream=sys.stderr,
