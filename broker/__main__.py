@@ -134,6 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ADMIN_COMMANDS:
         return admin_main(argv[0], argv[1:])
+    if argv and argv[0] == "report":
+        from broker.report import report_main
+
+        try:
+            log_dir = load_settings(collect_environment()).log_dir
+        except SettingsError:
+            log_dir = "logs"
+        return report_main(argv[1:], log_dir)
     args = build_parser().parse_args(argv)
     try:
         environ = collect_environment(args.env_file)
