@@ -7,6 +7,7 @@ that is not ours (DNS rebinding), and the bearer token when auth is on.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
@@ -24,6 +25,7 @@ __all__ = ["DAEMON_KEY", "create_app"]
 log = logging.getLogger("broker.app")
 
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+STATUS_PAGE = Path(__file__).parent / "static" / "status.html"
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -76,9 +78,10 @@ async def handle_root(request: web.Request) -> web.StreamResponse:
         return await handle_ws(request, daemon)
     if request.path == "/ws":
         return web.Response(status=426, text="this endpoint speaks WebSocket\n")
-    return web.Response(
-        text=f"exai-broker daemon on {daemon.settings.url}\nGET /health for its health snapshot\n"
-    )
+    refusal = check_http(daemon, request)
+    if refusal is not None:
+        return refusal
+    return web.Response(body=STATUS_PAGE.read_bytes(), content_type="text/html", charset="utf-8")
 
 
 async def handle_ws(request: web.Request, daemon: Daemon) -> web.StreamResponse:

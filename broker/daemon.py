@@ -29,6 +29,7 @@ from broker.health import HealthFile
 from broker.metrics import MetricsWriter
 from broker.prometheus import PrometheusMetrics
 from broker.protocol import ShuttingDown
+from broker.recent import RecentStats
 from broker.scheduler import Scheduler
 from broker.session import SessionRegistry
 from broker.settings import Settings
@@ -101,6 +102,7 @@ class Daemon:
         )
         self.codec = FrameCodec()
         self.prometheus = PrometheusMetrics(self.snapshot)
+        self.recent = RecentStats()
         self.calls = CallManager(
             settings, self.scheduler, self.supervisor, self.codec, self._record
         )
@@ -114,6 +116,7 @@ class Daemon:
 
     def _record(self, record: CallRecord) -> None:
         self.metrics.record(record)
+        self.recent.add(record.t, record.latency_ms, record.outcome == "ok")
         self.prometheus.observe(
             record.tool, record.provider, record.outcome, record.latency_ms, record.queue_ms
         )
@@ -299,6 +302,7 @@ class Daemon:
             "bad_frames": self.router.stats.bad_frames,
             "metrics_dropped": self.metrics.dropped,
             "metrics_written": self.metrics.written,
+            "recent": self.recent.series(time.time()),
         }
 
 
