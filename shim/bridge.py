@@ -168,9 +168,15 @@ class Bridge:
         if key in self._replays:
             self._replays.discard(key)
             return
-        pending = self.pending.pop(key, None)
+        pending = self.pending.get(key)
         if pending is None:
             return  # a duplicate of an answer already delivered
+        if b'"SHUTTING_DOWN"' in frame[:512] and pending.tool in self.safe_tools:
+            # The daemon is restarting and this tool is safe to run again: keep the
+            # request and re-send it to the next daemon instead of failing the client.
+            pending.sent_generation = -1
+            return
+        del self.pending[key]
         if pending.timer is not None:
             pending.timer.cancel()
         if pending.method == "tools/list":
