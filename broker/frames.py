@@ -17,7 +17,6 @@ __all__ = [
     "CallToolParams",
     "Envelope",
     "FrameCodec",
-    "RoutingArgs",
 ]
 
 # msgspec cannot put Raw in a union, so an empty Raw stands for "field absent".
@@ -71,13 +70,6 @@ class CancelParams(msgspec.Struct):
 class GenericParams(msgspec.Struct):
     meta: Meta | None = msgspec.field(default=None, name="_meta")
     protocolVersion: str | None = None
-
-
-class RoutingArgs(msgspec.Struct):
-    """The only arguments the broker reads: for provider routing and sticky dispatch."""
-
-    model: str | None = None
-    continuation_id: str | None = None
 
 
 class _Response(msgspec.Struct, omit_defaults=True):
@@ -143,7 +135,6 @@ class FrameCodec:
     """One per connection: reused msgspec decoders and encoders."""
 
     __slots__ = (
-        "_args_decoder",
         "_call_decoder",
         "_cancel_decoder",
         "_decoder",
@@ -156,15 +147,25 @@ class FrameCodec:
         self._call_decoder = msgspec.json.Decoder(CallToolParams)
         self._cancel_decoder = msgspec.json.Decoder(CancelParams)
         self._generic_decoder = msgspec.json.Decoder(GenericParams)
-        self._args_decoder = msgspec.json.Decoder(RoutingArgs)
         self._encoder = msgspec.json.Encoder()
 
     # --- decoding --------------------------------------------------------------------
 
     def decode(self, data: bytes) -> Envelope:
         """Decode one frame's envelope or raise InvalidFrame saying what is wrong."""
+        if not data.isascii():
+            # Raw fields (ids, params) are not checked by msgspec, and they are echoed
+            # back in text frames: the whole frame must be valid UTF-8.
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidFrame(
+                    f"not valid UTF-8 at byte {exc.start}", parse_error=True
+                ) from None
         try:
             return self._decoder.decode(data)
+        except RecursionError:
+            raise InvalidFrame(f"JSON nested deeper than {_MAX_DEPTH} levels") from None
         except msgspec.ValidationError as exc:
             stripped = data.lstrip()
             if stripped[:1] == b"[":
@@ -186,13 +187,15 @@ class FrameCodec:
             return self._call_decoder.decode(params)
         except msgspec.DecodeError as exc:
             raise InvalidArguments(f"invalid tools/call params: {exc}") from None
+        except RecursionError:
+            raise InvalidArguments("tools/call params are nested too deeply") from None
 
     def cancel_params(self, params: msgspec.Raw) -> CancelParams | None:
         if not params:
             return None
         try:
             return self._cancel_decoder.decode(params)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None
 
     def generic_params(self, params: msgspec.Raw) -> GenericParams:
@@ -200,20 +203,8 @@ class FrameCodec:
             return GenericParams()
         try:
             return self._generic_decoder.decode(params)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return GenericParams()
-
-    def routing_args(self, arguments: msgspec.Raw) -> RoutingArgs:
-        if not arguments or bytes(arguments) == b"null":
-            return RoutingArgs()
-        try:
-            return self._args_decoder.decode(arguments)
-        except msgspec.ValidationError as exc:
-            if bytes(arguments).lstrip()[:1] != b"{":
-                raise InvalidArguments("arguments must be a JSON object", path="") from None
-            raise InvalidArguments(f"invalid arguments: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise InvalidArguments(f"invalid arguments: {exc}") from None
 
     # --- encoding --------------------------------------------------------------------
 

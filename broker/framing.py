@@ -68,7 +68,7 @@ class FrameDecoder(Generic[T]):
             body = memoryview(buf)[pos + _PREFIX : pos + _PREFIX + size]
             try:
                 out.append(self._decoder.decode(body))
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 raise FramingError(f"undecodable frame: {exc}") from exc
             finally:
                 body.release()

@@ -156,6 +156,13 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
+def _folder(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("expected a folder path")
+    return value
+
+
 def _token(raw: str) -> str:
     # A token with inner whitespace is almost always a pasted comment or a typo, and
     # it could never be sent in an Authorization header.
@@ -207,7 +214,7 @@ _DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_WS_SEND_BUFFER_BYTES": ("send_buffer_bytes", _int(65536)),
     "EXAI_WS_ALLOWED_ORIGINS": ("allowed_origins", _origins),
     "EXAI_WORKERS": ("workers", _int(1, 256)),
-    "EXAI_LOG_DIR": ("log_dir", _str),
+    "EXAI_LOG_DIR": ("log_dir", _folder),
     "EXAI_LOG_LEVEL": ("log_level", _log_level),
     "EXAI_LOG_FORMAT": ("log_format", _choice("text", "json")),
     "EXAI_LOG_MAX_BYTES": ("log_max_bytes", _int(1024)),
@@ -238,7 +245,7 @@ _SHIM_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_SHIM_RPC_TIMEOUT": ("rpc_timeout_s", _float(0, exclusive=True)),
     "EXAI_WS_MAX_BYTES": ("max_frame_bytes", _int(1024)),
     "EXAI_SHIM_AUTOSTART": ("autostart", _bool),
-    "EXAI_LOG_DIR": ("log_dir", _str),
+    "EXAI_LOG_DIR": ("log_dir", _folder),
 }
 
 # CLI flag -> environment variable it overrides, so flags and variables share one parser.
@@ -286,7 +293,8 @@ def _parse_fields(
         try:
             values[attr] = parse(raw)
         except ValueError as exc:
-            raise SettingsError(f"{var}={raw!r}: {exc}") from None
+            shown = "<hidden>" if "TOKEN" in var or "KEY" in var else repr(raw)
+            raise SettingsError(f"{var}={shown}: {exc}") from None
     return values
 
 

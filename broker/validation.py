@@ -24,7 +24,7 @@ def parse_arguments(raw: bytes) -> dict[str, Any]:
         return {}
     try:
         value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+    except (orjson.JSONDecodeError, RecursionError) as exc:
         raise InvalidArguments(f"arguments are not valid JSON: {exc}", path="") from None
     if not isinstance(value, dict):
         raise InvalidArguments("arguments must be a JSON object", path="")

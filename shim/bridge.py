@@ -70,9 +70,9 @@ def response_id_key(frame: bytes) -> str | None:
         )
         try:
             value, _ = _id_decoder.raw_decode(text)
+            return id_key(value)
         except ValueError:
-            return None
-        return id_key(value)
+            pass  # an id longer than the window: fall back to a full parse
     try:
         message = json.loads(frame)
     except ValueError:

@@ -166,9 +166,10 @@ def to_call_tool_result(value: Any) -> dict[str, Any]:
         return dict(result)
     if isinstance(value, str):
         return {"content": [{"type": "text", "text": value}], "isError": False}
-    if isinstance(value, list):
-        content = [_tool_to_dict(c) for c in value]
-        return {"content": content, "isError": False}
+    if isinstance(value, list) and all(
+        (isinstance(c, Mapping) and "type" in c) or hasattr(c, "model_dump") for c in value
+    ):
+        return {"content": [_tool_to_dict(c) for c in value], "isError": False}
     if value is None:
         return {"content": [], "isError": False}
     import json
