@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.frames import FrameCodec, present
-from broker.validation import parse_arguments
 from broker.protocol import ErrorCode, InvalidArguments, InvalidFrame, OverCapacity, Timeout
+from broker.validation import parse_arguments
 
 
 @pytest.fixture
