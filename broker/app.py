@@ -103,6 +103,9 @@ async def handle_ws(request: web.Request, daemon: Daemon) -> web.StreamResponse:
         decode_text=False,
         compress=False,
     )
+    if hasattr(ws, "_pong_heartbeat"):
+        # aiohttp waits heartbeat/2 for a pong; EXAI_WS_PING_TIMEOUT is ours to honour.
+        ws._pong_heartbeat = settings.ping_timeout_s
     await ws.prepare(request)
     transport = request.transport
     remote = f"{request.remote}"
