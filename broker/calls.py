@@ -28,6 +28,7 @@ from broker.protocol import (
     ErrorCode,
     InvalidArguments,
     OverCapacity,
+    ResultTooLarge,
     ShuttingDown,
     Timeout,
     ToolNotFound,
@@ -430,6 +431,14 @@ class CallManager:
             self._active -= 1
             if not self._active:
                 self._idle.set()
+        if payload is not None and len(payload) > self.settings.max_frame_bytes - 1024:
+            # The client could not receive it (its frame limit is ours): say so instead.
+            error = ResultTooLarge(
+                f"{call.tool!r} returned {len(payload)} bytes, more than EXAI_WS_MAX_BYTES "
+                f"({self.settings.max_frame_bytes}) allows in one frame",
+                bytes=len(payload),
+            )
+            payload = None
         if payload is not None:
             frame = self._result_frame(call, payload)
             outcome = str(ErrorCode.EXEC_ERROR) if tool_error else "ok"

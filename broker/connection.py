@@ -66,9 +66,12 @@ class WsConnection:
     def send(self, data: bytes) -> None:
         if self._closing is not None:
             return
+        waiting = self._buffered
         self._queue.append(data)
         self._buffered += len(data)
-        if self._buffered > self.max_buffer_bytes:
+        # Only frames left unsent from before make a slow reader: one large answer to an
+        # idle client is fine whatever its size.
+        if waiting and self._buffered > self.max_buffer_bytes:
             log.warning(
                 "dropping connection %s: client is not reading (%d bytes unsent)",
                 self.remote,

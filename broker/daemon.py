@@ -32,7 +32,7 @@ from broker.protocol import ShuttingDown
 from broker.recent import RecentStats
 from broker.scheduler import Scheduler
 from broker.session import SessionRegistry
-from broker.settings import Settings
+from broker.settings import Settings, worker_overrides
 from broker.supervisor import PoolFailure, Supervisor, WorkerHandle, worker_environment
 
 __all__ = ["EXIT_BIND", "EXIT_POOL", "Daemon"]
@@ -80,15 +80,7 @@ class Daemon:
             provider_caps=settings.provider_caps,
             queue_max_depth=settings.queue_max_depth,
         )
-        overrides = {
-            "EXAI_DIAGNOSTIC_TOOLS": "1" if settings.diagnostic_tools else "0",
-            "EXAI_SERVER": settings.server,
-            "DEFAULT_MODEL": settings.default_model,
-            "EXAI_LOG_LEVEL": settings.log_level,
-            "EXAI_WORKERS": str(settings.workers),
-            "EXAI_SERVER_CMD": settings.server_cmd,
-            "EXAI_ISOLATION": settings.isolation,
-        }
+        overrides = worker_overrides(settings)
         self.supervisor = Supervisor(
             size=settings.workers,
             env=worker_environment(self.environ, overrides),
@@ -136,7 +128,6 @@ class Daemon:
         t0 = time.perf_counter()
         self._build()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log.info("Starting WS daemon on %s", self.settings.url)
         try:
             sock = bind_socket(self.settings.host, self.settings.port)
         except OSError as exc:
@@ -145,6 +136,7 @@ class Daemon:
             )
             return EXIT_BIND
         self.port = sock.getsockname()[1]
+        log.info("Starting WS daemon on %s", self._public_url())
         self._metrics_task = asyncio.get_running_loop().create_task(self.metrics.run())
         try:
             await self.supervisor.start()

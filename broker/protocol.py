@@ -22,6 +22,7 @@ __all__ = [
     "InvalidFrame",
     "MethodNotFound",
     "OverCapacity",
+    "ResultTooLarge",
     "ShuttingDown",
     "Timeout",
     "ToolNotFound",
@@ -49,6 +50,7 @@ class ErrorCode(enum.StrEnum):
     UNAUTHORIZED = "UNAUTHORIZED"
     CANCELLED = "CANCELLED"
     UNAVAILABLE = "UNAVAILABLE"
+    RESULT_TOO_LARGE = "RESULT_TOO_LARGE"
     INTERNAL = "INTERNAL"
 
 
@@ -67,6 +69,7 @@ JSONRPC_CODES: dict[ErrorCode, int] = {
     ErrorCode.CANCELLED: -32800,
     # Only the shim produces this: it cannot reach the daemon at all.
     ErrorCode.UNAVAILABLE: -32054,
+    ErrorCode.RESULT_TOO_LARGE: -32055,
     ErrorCode.INTERNAL: -32603,
 }
 
@@ -140,3 +143,7 @@ class Unauthorized(BrokerError):
 
 class Cancelled(BrokerError):
     code = ErrorCode.CANCELLED
+
+
+class ResultTooLarge(BrokerError):
+    code = ErrorCode.RESULT_TOO_LARGE

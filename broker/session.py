@@ -49,7 +49,11 @@ class Session:
     def remember(self, key: bytes, frame: bytes) -> None:
         self.recent[key] = frame
         self.recent_bytes += len(frame)
-        while len(self.recent) > RECENT_MAX or self.recent_bytes > RECENT_MAX_BYTES:
+        # The newest answer is always kept, however large, so an immediate re-send of
+        # that id is still answered from here rather than run again.
+        while len(self.recent) > 1 and (
+            len(self.recent) > RECENT_MAX or self.recent_bytes > RECENT_MAX_BYTES
+        ):
             _, old = self.recent.popitem(last=False)
             self.recent_bytes -= len(old)
 

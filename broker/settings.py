@@ -312,6 +312,22 @@ def _provider_caps(environ: Mapping[str, str]) -> dict[str, int]:
     return caps
 
 
+def worker_overrides(settings: Settings) -> dict[str, str]:
+    """Environment values that make a worker see the daemon's resolved settings.
+
+    Workers rebuild Settings from their environment; values the daemon took from CLI
+    flags (which may override a bad environment value) must reach them too.
+    """
+    out: dict[str, str] = {}
+    for var in CLI_TO_ENV.values():
+        attr = _DAEMON_FIELDS[var][0]
+        value = getattr(settings, attr)
+        out[var] = ",".join(value) if isinstance(value, tuple) else str(value)
+    # Workers have no use for the token; keep it out of their (and their children's) env.
+    out["EXAI_WS_TOKEN"] = ""
+    return out
+
+
 def load_settings(environ: Mapping[str, str], cli: Mapping[str, object] | None = None) -> Settings:
     """Build Settings from a merged environment and CLI flags (flags win)."""
     env = dict(environ)

@@ -43,7 +43,9 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02
+) -> Any:
     """Poll until `predicate()` is truthy; fail with `what` after the (scaled) deadline."""
     deadline = time.monotonic() + scaled(timeout_s)
     while True:
@@ -152,14 +154,32 @@ def start_daemon(
     full_env = base_env(EXAI_DIAGNOSTIC_TOOLS="1", EXAI_HEALTH_INTERVAL="0.2")
     full_env.update(env or {})
     stderr_path = log_dir / "daemon.stderr"
-    argv = [sys.executable, "-m", "broker", "--port", str(port), "--workers", str(workers),
-            "--log-dir", str(log_dir), *(args or [])]
+    argv = [
+        sys.executable,
+        "-m",
+        "broker",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-dir",
+        str(log_dir),
+        *(args or []),
+    ]
     with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(argv, cwd=tmp_path, env=full_env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=tmp_path,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
     daemon = DaemonProcess(proc, port, log_dir, full_env, stderr_path, argv)
     _STARTED.append(daemon)
     if wait_ready:
+
         def ready() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {proc.returncode}:\n{daemon.stderr()}")
@@ -208,8 +228,9 @@ async def mcp_client(env: dict[str, str], **session_kwargs: Any) -> AsyncIterato
     from mcp.client.session import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
-    params = StdioServerParameters(command=sys.executable, args=["-m", "shim"], env=env,
-                                   cwd=str(ROOT))
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "shim"], env=env, cwd=str(ROOT)
+    )
     with open(os.devnull, "w") as errlog:  # noqa: ASYNC230 - opened once per client
         async with stdio_client(params, errlog=errlog) as (read, write):
             async with ClientSession(read, write, **session_kwargs) as session:

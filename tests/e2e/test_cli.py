@@ -1,0 +1,258 @@
+"""The processes as a user runs them: `python -m broker` configuration, signals, and a shim
+with no daemon to talk to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from broker import __version__
+from tests.conftest import DaemonProcess, base_env, free_port, scaled, wait_for
+
+pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="checks processes in /proc")
+
+
+def process_running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def run_broker(
+    cwd: Path, env: dict[str, str], *args: str, timeout_s: float = 15.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m broker` to completion; kill its process group if it does not exit."""
+    argv = [sys.executable, "-m", "broker", *args]
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=scaled(timeout_s))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"broker did not exit within {timeout_s} s:\n{err}") from None
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def broker_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """A daemon environment that cannot collide with anything: free port, private log dir."""
+    env = base_env(EXAI_WS_PORT=str(free_port()), EXAI_LOG_DIR=str(tmp_path / "logs"))
+    env.update(overrides)
+    return env
+
+
+# --- configuration errors ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "names", "bad"),
+    [
+        pytest.param({"EXAI_WS_PORT": "abc"}, [], ["EXAI_WS_PORT"], "abc", id="port-abc"),
+        pytest.param({"EXAI_WS_PORT": "70000"}, [], ["EXAI_WS_PORT"], "70000", id="port-range"),
+        pytest.param(
+            {"EXAI_WS_MAX_BYTES": "33554432 #comment"},
+            [],
+            ["EXAI_WS_MAX_BYTES"],
+            "33554432 #comment",
+            id="max-bytes-comment",
+        ),
+        pytest.param(
+            {"EXAI_WS_GLM_MAX_INFLIGHT": "-1"},
+            [],
+            ["EXAI_WS_GLM_MAX_INFLIGHT"],
+            "-1",
+            id="provider-cap-negative",
+        ),
+        pytest.param(
+            {"EXAI_WS_SESSION_MAX_INFLIGHT": "-2"},
+            [],
+            ["EXAI_WS_SESSION_MAX_INFLIGHT"],
+            "-2",
+            id="session-cap-negative",
+        ),
+        pytest.param({}, ["--workers", "0"], ["--workers", "EXAI_WORKERS"], "0", id="workers-0"),
+    ],
+)
+def test_invalid_setting_exits_2_with_one_line(
+    tmp_path: Path, env: dict[str, str], args: list[str], names: list[str], bad: str
+) -> None:
+    """A bad value stops start-up with exit 2 and one line naming the setting and the value."""
+    done = run_broker(tmp_path, broker_env(tmp_path, **env), *args)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert any(name in lines[0] for name in names), lines[0]
+    assert bad in lines[0] and "expected" in lines[0]
+    assert done.stdout == ""
+
+
+def test_invalid_setting_in_dotenv_exits_2(tmp_path: Path) -> None:
+    """A bad value read from ./.env is reported the same way as one from the environment."""
+    (tmp_path / ".env").write_text("EXAI_WS_CALL_TIMEOUT=soon\n")
+    done = run_broker(tmp_path, broker_env(tmp_path))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "EXAI_WS_CALL_TIMEOUT" in lines[0] and "soon" in lines[0]
+
+
+def test_version_flag(tmp_path: Path) -> None:
+    """`--version` prints the version and exits 0 without starting anything."""
+    done = run_broker(tmp_path, broker_env(tmp_path), "--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"exai-broker {__version__}"
+
+
+# --- configuration sources -----------------------------------------------------------
+
+
+async def call_version_tool(daemon: DaemonProcess) -> dict[str, Any]:
+    """The `version` tool's JSON, called over the op dialect."""
+    async with aiohttp.ClientSession() as http, http.ws_connect(daemon.url) as ws:
+        await ws.send_json({"op": "hello", "session_id": "cli-test"})
+        await ws.send_json({"op": "call_tool", "request_id": 1, "name": "version", "arguments": {}})
+        while True:
+            frame = await ws.receive_json(timeout=scaled(10))
+            if frame["op"] == "call_tool_res":
+                return dict(json.loads(frame["text"]))
+
+
+async def test_dotenv_sets_values_and_environment_and_flags_override_it(
+    tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """defaults < ./.env < environment < CLI flags, as seen in the health file and `version`."""
+    (tmp_path / ".env").write_text(
+        "EXAI_WS_SESSION_MAX_INFLIGHT=5\n"
+        "EXAI_WS_GLOBAL_MAX_INFLIGHT=7  # comments are fine in .env\n"
+        "EXAI_WORKERS=3\n"
+    )
+    daemon = daemon_factory(workers=1, env={"EXAI_WS_GLOBAL_MAX_INFLIGHT": "9"})
+    health = daemon.health()
+    assert health["capacity"]["session"] == 5  # from .env
+    assert health["capacity"]["global"] == 9  # environment beats .env
+    assert len(health["workers"]) == 1  # --workers beats .env
+    caps = (await call_version_tool(daemon))["caps"]
+    assert (caps["session"], caps["global"]) == (5, 9)  # the workers see the same settings
+
+
+def test_flag_overrides_invalid_environment_value(
+    daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    """`--port` wins over a bad EXAI_WS_PORT in the environment, so the daemon starts."""
+    daemon = daemon_factory(workers=1, env={"EXAI_WS_PORT": "abc"})  # conftest passes --port 0
+    assert daemon.health()["ready"] is True
+
+
+def test_startup_lines_on_stderr(daemon: DaemonProcess) -> None:
+    """The daemon says where it is starting and, once ready, how long it took and its URL."""
+    lines = daemon.stderr().splitlines()
+    assert any("Starting WS daemon on ws://127.0.0.1:" in line for line in lines), lines
+    ready = [line for line in lines if re.search(r"ready in \d+ ms", line)]
+    assert len(ready) == 1, lines
+    assert f"ws://127.0.0.1:{daemon.port}" in ready[0]
+
+
+# --- lifecycle -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_daemon_and_workers(
+    daemon_factory: Callable[..., DaemonProcess], sig: signal.Signals
+) -> None:
+    """SIGTERM/SIGINT exit 0, take the workers along and leave a final health snapshot."""
+    daemon = daemon_factory(workers=2)
+    pids = daemon.worker_pids()
+    assert len(pids) == 2 and all(process_running(pid) for pid in pids)
+    assert daemon.stop(sig) == 0, daemon.stderr()
+    wait_for(lambda: not any(process_running(pid) for pid in pids), 10.0, "workers to exit")
+    assert daemon.health()["draining"] is True
+    assert "stopped" in daemon.stderr()
+
+
+def test_workers_exit_when_the_daemon_is_killed(
+    daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    """kill -9 of the daemon: its workers see stdin EOF and exit on their own."""
+    daemon = daemon_factory(workers=2)
+    pids = daemon.worker_pids()
+    assert len(pids) == 2 and all(process_running(pid) for pid in pids)
+    daemon.proc.kill()
+    daemon.proc.wait(scaled(10))
+    wait_for(
+        lambda: not any(process_running(pid) for pid in pids), 10.0, "orphaned workers to exit"
+    )
+
+
+# --- shim without a daemon -----------------------------------------------------------
+
+
+async def test_shim_without_daemon_answers_an_error_then_exits(tmp_path: Path) -> None:
+    """No daemon listening: the client gets an error naming the address, not a hang."""
+    port = free_port()  # bound and released: nothing listens there
+    env = base_env(EXAI_WS_HOST="127.0.0.1", EXAI_WS_PORT=str(port), EXAI_SHIM_RPC_TIMEOUT="2")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shim",
+        cwd=tmp_path,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "raw-driver", "version": "0"},
+            },
+        }
+        started = time.monotonic()
+        proc.stdin.write(json.dumps(initialize).encode() + b"\n")
+        await proc.stdin.drain()
+        line = await asyncio.wait_for(proc.stdout.readline(), scaled(15))
+        elapsed_s = time.monotonic() - started
+        reply = json.loads(line)
+        assert reply["id"] == 1 and "result" not in reply, reply
+        assert isinstance(reply["error"]["code"], int)
+        assert f"127.0.0.1:{port}" in reply["error"]["message"]
+        assert elapsed_s < scaled(10)  # bounded by EXAI_SHIM_RPC_TIMEOUT, not the 30 s default
+        proc.stdin.close()
+        assert await asyncio.wait_for(proc.wait(), scaled(10)) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
