@@ -558,5 +558,5 @@ def _worker_error(result: Result, tool: str) -> BrokerError:
     }
     kind = kinds.get(result.error_code, BrokerError)
     if kind is OverCapacity:
-        return OverCapacity(message, scope="instances", provider=None, retry_after_ms=1000)
+        return OverCapacity(message, scope="global", provider=None, retry_after_ms=1000)
     return kind(message, tool=tool)

@@ -68,6 +68,8 @@ class _Instance:
         self._target = target
         self.client: Any = None
         self.last_used = time.monotonic()
+        self.busy = 0
+        self.broken = False
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._error: BaseException | None = None
@@ -97,7 +99,12 @@ class _Instance:
 
     @property
     def alive(self) -> bool:
-        return self.client is not None and self._task is not None and not self._task.done()
+        return (
+            not self.broken
+            and self.client is not None
+            and self._task is not None
+            and not self._task.done()
+        )
 
     async def close(self) -> None:
         self._stop.set()
@@ -148,6 +155,7 @@ class ClientToolServer:
     async def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext) -> Any:
         instance = await self._instance_for(ctx.session_id)
         instance.last_used = time.monotonic()
+        instance.busy += 1
 
         async def forward(progress: float, total: float | None, message: str | None) -> None:
             await ctx.report_progress(progress, total, message)
@@ -156,14 +164,21 @@ class ClientToolServer:
             return await instance.client.call_tool(name, arguments, progress_callback=forward)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            if not instance.alive:
+        except Exception as exc:
+            if _connection_closed(exc) or not instance.alive:
+                # The server process is gone (or its pipe broke): drop this instance so the
+                # next call starts a fresh one.
+                instance.broken = True
                 self._discard(ctx.session_id, instance)
+                asyncio.get_running_loop().create_task(instance.close())
                 raise HostedError(
                     ErrorCode.WORKER_LOST,
                     f"the hosted MCP server exited while running {name!r}; it will be restarted",
                 ) from None
             raise
+        finally:
+            instance.busy -= 1
+            instance.last_used = time.monotonic()
 
     async def _instance_for(self, session_id: str) -> _Instance:
         if self._isolation == "shared":
@@ -215,7 +230,8 @@ class ClientToolServer:
             await asyncio.sleep(min(5.0, max(0.1, self._idle_timeout_s / 4)))
             now = time.monotonic()
             for session_id, instance in list(self._sessions.items()):
-                if now - instance.last_used > self._idle_timeout_s or not instance.alive:
+                idle = not instance.busy and now - instance.last_used > self._idle_timeout_s
+                if idle or not instance.alive:
                     del self._sessions[session_id]
                     await instance.close()
 
@@ -232,3 +248,16 @@ class ClientToolServer:
         self._sessions.clear()
         self._shared = None
         await asyncio.gather(*(i.close() for i in instances), return_exceptions=True)
+
+
+def _connection_closed(exc: BaseException) -> bool:
+    """True when the SDK reports that the hosted server's connection is gone."""
+    import anyio
+
+    if isinstance(exc, anyio.ClosedResourceError | anyio.BrokenResourceError | BrokenPipeError):
+        return True
+    error = getattr(exc, "error", None)
+    return getattr(error, "code", None) == CONNECTION_CLOSED
+
+
+CONNECTION_CLOSED = -32000

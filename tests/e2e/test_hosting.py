@@ -1,0 +1,447 @@
+"""Hosting existing MCP servers: SDK objects (`--server module:attr`) and stdio commands
+(`--server-cmd`), shared or one instance per session, through real shims and the SDK
+client. Hosted child processes are watched through /proc: they must come and go with
+their sessions, their workers and their daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mcp
+import pytest
+from mcp import MCPError
+
+from tests.conftest import DaemonProcess, async_wait_for, mcp_client
+from tests.fixtures import sdk_servers
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not Path("/proc").is_dir(), reason="watches processes through /proc"),
+]
+
+DaemonFactory = Callable[..., DaemonProcess]
+
+PY = shlex.quote(sys.executable)
+COUNTER_CMD = f"{PY} -m tests.fixtures.counter_server"
+TIME_CMD = f"{PY} -m mcp_server_time --local-timezone UTC"
+STEP_S = 30.0
+OVER_CAPACITY_RPC = -32050
+INVALID_PARAMS_RPC = -32602
+WORKER_LOST_RPC = -32052
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def text_of(result: Any) -> str:
+    return "".join(getattr(c, "text", "") for c in result.content)
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1])
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its reaper counts as exited)."""
+    stat = _stat(pid)
+    return stat is None or stat[0] in ("Z", "X")
+
+
+def parent_of(pid: int) -> int | None:
+    stat = _stat(pid)
+    return None if stat is None else stat[1]
+
+
+def counter_children(root_pid: int) -> list[int]:
+    """Live counter_server processes below `root_pid` in the process tree."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None and stat[0] not in ("Z", "X"):
+                parents[int(entry.name)] = stat[1]
+
+    def below(pid: int) -> bool:
+        seen = 0
+        while pid in parents and seen < 64:
+            pid = parents[pid]
+            if pid == root_pid:
+                return True
+            seen += 1
+        return False
+
+    found = []
+    for pid in parents:
+        if not below(pid):
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"tests.fixtures.counter_server" in cmdline:
+            found.append(pid)
+    return sorted(found)
+
+
+async def wait_gone(pid: int, what: str, timeout_s: float = STEP_S) -> None:
+    await async_wait_for(lambda: gone(pid), timeout_s, what, interval_s=0.05)
+
+
+async def counter_pid(session: Any) -> int:
+    """The pid of the counter_server instance serving `session`."""
+    result = await session.call_tool("pid", {})
+    assert not result.is_error, text_of(result)
+    return int(text_of(result))
+
+
+async def increment(session: Any) -> int:
+    result = await session.call_tool("increment", {})
+    assert not result.is_error, text_of(result)
+    return int(text_of(result))
+
+
+def counter_daemon(
+    factory: DaemonFactory, isolation: str, workers: int = 1, **env: str
+) -> DaemonProcess:
+    """A daemon whose workers host tests.fixtures.counter_server as a stdio command."""
+    return factory(
+        workers=workers,
+        env={"EXAI_WS_CALL_TIMEOUT": "30", **env},
+        args=["--server-cmd", COUNTER_CMD, "--isolation", isolation],
+    )
+
+
+def tool_dicts(tools: Any) -> dict[str, dict[str, Any]]:
+    """A tools/list result as wire dicts by name."""
+    return {
+        t.name: t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in tools.tools
+    }
+
+
+async def direct_tools(target: Any) -> dict[str, dict[str, Any]]:
+    """The tool list an SDK server object gives a client connected to it directly."""
+    async with mcp.Client(target, mode="legacy") as client:
+        return tool_dicts(await client.list_tools())
+
+
+# --- SDK server objects --------------------------------------------------------------
+
+
+async def test_mcpserver_object_is_hosted_unchanged(daemon_factory: DaemonFactory) -> None:
+    """`--server tests.fixtures.sdk_servers:server`: the daemon lists exactly the tools the
+    MCPServer lists (schemas, outputSchema, annotations); calls work, structuredContent
+    passes through, tool errors stay tool errors, progress reaches the client."""
+    expected = await direct_tools(sdk_servers.server)
+    daemon = daemon_factory(workers=2, args=["--server", "tests.fixtures.sdk_servers:server"])
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append((value, total, message))
+
+    async with mcp_client(daemon.shim_env()) as session:
+        listed = tool_dicts(await session.list_tools())
+        divided = await session.call_tool("divide", {"dividend": 17, "divisor": 5})
+        by_zero = await session.call_tool("divide", {"dividend": 1, "divisor": 0})
+        shouted = await session.call_tool("shout", {"text": "quiet"})
+        counted = await session.call_tool("countdown", {"steps": 4}, progress_callback=on_progress)
+
+    assert listed == expected
+    assert listed["divide"]["outputSchema"]["required"] == ["quotient", "remainder"]
+    assert listed["shout"]["annotations"]["readOnlyHint"] is True
+    assert not divided.is_error, text_of(divided)
+    assert divided.structured_content == {"quotient": 3, "remainder": 2}
+    assert by_zero.is_error
+    assert "division by zero" in text_of(by_zero)
+    assert "Traceback" not in text_of(by_zero)
+    assert text_of(shouted) == "QUIET"
+    assert text_of(counted) == "counted 4"
+    assert [p[0] for p in progress] == [1, 2, 3, 4]
+    assert progress[-1] == (4, 4, "step 4/4")
+
+
+async def test_lowlevel_server_object_is_hosted_unchanged(daemon_factory: DaemonFactory) -> None:
+    """`--server tests.fixtures.sdk_servers:lowlevel`: the lowlevel Server's tool is listed
+    as it declares it and its calls work; the broker validates its inputSchema."""
+    expected = await direct_tools(sdk_servers.lowlevel)
+    daemon = daemon_factory(workers=1, args=["--server", "tests.fixtures.sdk_servers:lowlevel"])
+    async with mcp_client(daemon.shim_env()) as session:
+        listed = tool_dicts(await session.list_tools())
+        reversed_ = await session.call_tool("reverse", {"text": "stressed"})
+        with pytest.raises(MCPError) as caught:
+            await session.call_tool("reverse", {"text": 42})
+
+    assert listed == expected
+    assert listed["reverse"]["annotations"] == {"readOnlyHint": True}
+    assert text_of(reversed_) == "desserts"
+    assert caught.value.error.code == INVALID_PARAMS_RPC
+    assert isinstance(caught.value.error.data, dict)
+    assert caught.value.error.data["code"] == "INVALID_ARGUMENTS"
+
+
+# --- third-party stdio servers -------------------------------------------------------
+
+
+async def test_mcp_server_time_is_hosted(daemon_factory: DaemonFactory) -> None:
+    """A real third-party server (`python -m mcp_server_time`) behind `--server-cmd`:
+    its tools are listed, get_current_time answers for Europe/Paris, and missing
+    required arguments are refused by the broker with INVALID_ARGUMENTS."""
+    daemon = daemon_factory(workers=1, args=["--server-cmd", TIME_CMD])
+    async with mcp_client(daemon.shim_env()) as session:
+        listed = tool_dicts(await session.list_tools())
+        now = await session.call_tool("get_current_time", {"timezone": "Europe/Paris"})
+        converted = await session.call_tool(
+            "convert_time",
+            {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"},
+        )
+        with pytest.raises(MCPError) as caught:
+            await session.call_tool("get_current_time", {})
+
+    assert {"get_current_time", "convert_time"} <= set(listed)
+    assert listed["get_current_time"]["inputSchema"]["required"] == ["timezone"]
+    assert listed["get_current_time"]["annotations"]["readOnlyHint"] is True
+    assert not now.is_error, text_of(now)
+    assert now.structured_content is not None
+    assert now.structured_content["timezone"] == "Europe/Paris"
+    assert not converted.is_error, text_of(converted)
+    assert converted.structured_content is not None
+    assert "T21:00:00" in converted.structured_content["target"]["datetime"]
+    error = caught.value.error
+    assert error.code == INVALID_PARAMS_RPC
+    assert isinstance(error.data, dict)
+    assert error.data["code"] == "INVALID_ARGUMENTS"
+    assert "timezone" in error.message
+
+
+async def test_server_everything_is_hosted(daemon_factory: DaemonFactory) -> None:
+    """@modelcontextprotocol/server-everything behind `--server-cmd`, when it is installed
+    locally and named by EXAI_TEST_EVERYTHING_CMD (tests never download packages)."""
+    command = os.environ.get("EXAI_TEST_EVERYTHING_CMD", "").strip()
+    if not shutil.which("npx"):
+        pytest.skip("npx is not installed")
+    if not command:
+        pytest.skip(
+            "set EXAI_TEST_EVERYTHING_CMD to a local server-everything command, e.g. "
+            '"node /path/node_modules/@modelcontextprotocol/server-everything/dist/index.js '
+            'stdio" (tests never download it)'
+        )
+    daemon = daemon_factory(workers=1, args=["--server-cmd", command])
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async with mcp_client(daemon.shim_env()) as session:
+        listed = tool_dicts(await session.list_tools())
+        echoed = await session.call_tool("echo", {"message": "hi from the broker"})
+        summed = await session.call_tool("get-sum", {"a": 2, "b": 40})
+        long_op = await session.call_tool(
+            "trigger-long-running-operation",
+            {"duration": 1, "steps": 4},
+            progress_callback=on_progress,
+        )
+
+    assert {"echo", "get-sum", "trigger-long-running-operation"} <= set(listed)
+    assert text_of(echoed) == "Echo: hi from the broker"
+    assert "42" in text_of(summed)
+    assert not long_op.is_error, text_of(long_op)
+    assert len(progress) >= 1
+
+
+# --- isolation -----------------------------------------------------------------------
+
+
+async def test_shared_isolation_one_counter_for_everyone(daemon_factory: DaemonFactory) -> None:
+    """`--isolation shared`, one worker: two sessions talk to one counter_server."""
+    daemon = counter_daemon(daemon_factory, "shared")
+    async with mcp_client(daemon.shim_env()) as a, mcp_client(daemon.shim_env()) as b:
+        seen = [await increment(a), await increment(b), await increment(a), await increment(b)]
+        pids = {await counter_pid(a), await counter_pid(b)}
+    assert seen == [1, 2, 3, 4]
+    assert len(pids) == 1
+
+
+async def test_hosted_command_progress_reaches_the_client(daemon_factory: DaemonFactory) -> None:
+    """Progress a stdio-hosted server reports (counter_server `slow`) reaches the SDK
+    client's progress_callback, in order, before the result."""
+    daemon = counter_daemon(daemon_factory, "shared")
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append((value, total, message))
+
+    async with mcp_client(daemon.shim_env()) as session:
+        listed = tool_dicts(await session.list_tools())
+        result = await session.call_tool("slow", {"seconds": 0.5}, progress_callback=on_progress)
+
+    assert listed["increment"]["annotations"]["idempotentHint"] is False
+    assert text_of(result) == "slept 0.5"
+    assert [p[0] for p in progress] == [1, 2, 3, 4, 5]
+    assert progress[-1] == (5, 5, "step 5/5")
+
+
+async def test_session_isolation_one_counter_per_session(daemon_factory: DaemonFactory) -> None:
+    """`--isolation session`: each session gets its own counter_server, counting from 1."""
+    daemon = counter_daemon(daemon_factory, "session")
+    async with mcp_client(daemon.shim_env()) as a, mcp_client(daemon.shim_env()) as b:
+        seen = [await increment(a), await increment(b), await increment(a), await increment(b)]
+        seen.append(await increment(a))
+        pid_a, pid_b = await counter_pid(a), await counter_pid(b)
+    assert seen == [1, 1, 2, 2, 3]
+    assert pid_a != pid_b
+
+
+async def test_session_instance_exits_when_its_session_ends(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """The counter_server of a session exits when its client closes; the other session's
+    instance keeps its state."""
+    daemon = counter_daemon(daemon_factory, "session")
+    async with mcp_client(daemon.shim_env()) as b:
+        assert await increment(b) == 1
+        pid_b = await counter_pid(b)
+        async with mcp_client(daemon.shim_env()) as a:
+            assert await increment(a) == 1
+            pid_a = await counter_pid(a)
+        await wait_gone(pid_a, f"session A's counter_server (pid {pid_a}) to exit")
+        assert not gone(pid_b)
+        assert await increment(b) == 2
+    await wait_gone(pid_b, f"session B's counter_server (pid {pid_b}) to exit")
+    assert daemon.proc.poll() is None
+
+
+async def test_session_instances_cap_refuses_a_second_session(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """EXAI_SESSION_INSTANCES_MAX=1: a second concurrent session is refused with
+    OVER_CAPACITY; once the first session ends, the second one gets an instance."""
+    daemon = counter_daemon(daemon_factory, "session", EXAI_SESSION_INSTANCES_MAX="1")
+    async with mcp_client(daemon.shim_env()) as b:
+        async with mcp_client(daemon.shim_env()) as a:
+            assert await increment(a) == 1
+            pid_a = await counter_pid(a)
+            with pytest.raises(MCPError) as caught:
+                await b.call_tool("increment", {})
+        await wait_gone(pid_a, f"session A's counter_server (pid {pid_a}) to exit")
+        assert await increment(b) == 1
+    error = caught.value.error
+    assert error.code == OVER_CAPACITY_RPC, error
+    assert isinstance(error.data, dict)
+    assert error.data["code"] == "OVER_CAPACITY"
+    assert "EXAI_SESSION_INSTANCES_MAX" in error.message
+
+
+async def test_idle_session_instance_is_reaped(daemon_factory: DaemonFactory) -> None:
+    """EXAI_SESSION_IDLE_TIMEOUT=1: an idle session's instance exits while the session is
+    still open; the session's next call starts a fresh one (counting from 1 again)."""
+    daemon = counter_daemon(daemon_factory, "session", EXAI_SESSION_IDLE_TIMEOUT="1")
+    async with mcp_client(daemon.shim_env()) as session:
+        assert await increment(session) == 1
+        first = await counter_pid(session)
+        await wait_gone(first, f"the idle counter_server (pid {first}) to be reaped")
+        assert await increment(session) == 1
+        assert await counter_pid(session) != first
+
+
+async def test_busy_session_instance_is_not_reaped(daemon_factory: DaemonFactory) -> None:
+    """EXAI_SESSION_IDLE_TIMEOUT=1: a call that runs longer than the idle timeout is not
+    idle; it finishes and the instance survives it."""
+    daemon = counter_daemon(daemon_factory, "session", EXAI_SESSION_IDLE_TIMEOUT="1")
+    async with mcp_client(daemon.shim_env()) as session:
+        assert await increment(session) == 1
+        result = await session.call_tool("slow", {"seconds": 2.5})
+        assert not result.is_error, text_of(result)
+        assert text_of(result) == "slept 2.5"
+        assert await increment(session) == 2
+
+
+# --- restarts and orphans ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("isolation", ["shared", "session"])
+async def test_killed_hosted_server_is_restarted(
+    daemon_factory: DaemonFactory, isolation: str
+) -> None:
+    """kill -9 of the hosted counter_server: the next call either works or fails clearly
+    (no traceback), the one after works on a new instance, and the daemon stays up."""
+    daemon = counter_daemon(daemon_factory, isolation)
+    async with mcp_client(daemon.shim_env()) as session:
+        assert await increment(session) == 1
+        victim = await counter_pid(session)
+        os.kill(victim, signal.SIGKILL)
+        await wait_gone(victim, f"the killed counter_server (pid {victim})")
+        restarted_at_once = False
+        try:
+            first = await session.call_tool("increment", {})
+        except MCPError as exc:
+            assert exc.error.code == WORKER_LOST_RPC, exc.error
+        else:
+            assert "Traceback" not in text_of(first), text_of(first)
+            if not first.is_error:
+                assert text_of(first) == "1", "a new instance counts from 1"
+                restarted_at_once = True
+        after = await session.call_tool("pid", {})
+        assert not after.is_error, f"the call after the failure: {text_of(after)}"
+        assert int(text_of(after)) != victim
+        assert not gone(int(text_of(after)))
+        assert await increment(session) == (2 if restarted_at_once else 1)
+    assert daemon.proc.poll() is None
+
+
+async def test_no_hosted_server_outlives_the_daemon(daemon_factory: DaemonFactory) -> None:
+    """After the daemon's SIGTERM every counter_server it started (the shared instance of
+    each of its two workers) has exited."""
+    daemon = counter_daemon(daemon_factory, "shared", workers=2)
+    children = await async_wait_for(
+        lambda: (found := counter_children(daemon.proc.pid)) and len(found) >= 2 and found,
+        STEP_S,
+        "one counter_server per worker",
+    )
+    async with mcp_client(daemon.shim_env()) as session:
+        assert await increment(session) >= 1
+        assert await counter_pid(session) in children
+    assert daemon.stop(signal.SIGTERM) == 0
+    for pid in children:
+        await wait_gone(pid, f"counter_server pid {pid} to exit after the daemon's SIGTERM")
+
+
+@pytest.mark.parametrize("isolation", ["shared", "session"])
+async def test_no_hosted_server_outlives_a_killed_worker(
+    daemon_factory: DaemonFactory, isolation: str
+) -> None:
+    """kill -9 of a worker: the counter_server it hosted exits (its stdin closes), the
+    worker is replaced, and the session carries on with a new instance."""
+    daemon = counter_daemon(daemon_factory, isolation, workers=2)
+    async with mcp_client(daemon.shim_env()) as session:
+        assert await increment(session) == 1
+        instance = await counter_pid(session)
+        worker = parent_of(instance)
+        assert worker in daemon.worker_pids(), (worker, daemon.worker_pids())
+        hosted = counter_children(worker)
+        assert instance in hosted
+        os.kill(worker, signal.SIGKILL)
+        for pid in hosted:
+            await wait_gone(pid, f"counter_server pid {pid} to exit after its worker died")
+        await async_wait_for(
+            lambda: (
+                worker not in daemon.worker_pids()
+                and all(w["state"] == "ready" for w in daemon.health()["workers"])
+            ),
+            STEP_S,
+            "the killed worker to be replaced",
+        )
+        assert await counter_pid(session) not in hosted
+    assert daemon.proc.poll() is None

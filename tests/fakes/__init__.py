@@ -1,0 +1,1 @@
+"""In-process fakes of the outside services the daemon talks to."""
