@@ -136,7 +136,7 @@ async def handle_ws(request: web.Request, daemon: Daemon) -> web.StreamResponse:
         hello_timer.cancel()
         # A client that closes with 1000 says goodbye: its session ends now instead of
         # waiting out the resume grace.
-        daemon.connection_closed(conn, ended=ws.close_code == 1000)
+        daemon.connection_closed(conn, ended=ws.close_code == 1000 and not conn.closing)
         await conn.aclose()
     return ws
 

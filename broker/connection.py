@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -22,6 +23,9 @@ __all__ = ["CLOSE_SLOW_READER", "WsConnection"]
 log = logging.getLogger("broker.connection")
 
 CLOSE_SLOW_READER = 1008
+# How long the socket may refuse data while answers pile up before the client is dropped.
+SLOW_READER_GRACE_S = 1.0
+HARD_LIMIT_FACTOR = 8
 
 
 class WsConnection:
@@ -30,6 +34,7 @@ class WsConnection:
     __slots__ = (
         "__weakref__",
         "_abort",
+        "_blocked_since",
         "_buffered",
         "_closing",
         "_queue",
@@ -54,6 +59,7 @@ class WsConnection:
         self._abort = abort
         self._queue: deque[bytes] = deque()
         self._buffered = 0
+        self._blocked_since: float | None = None
         self._wake = asyncio.Event()
         self._closing: tuple[int, str] | None = None
         self.max_buffer_bytes = max_buffer_bytes
@@ -69,9 +75,7 @@ class WsConnection:
         waiting = self._buffered
         self._queue.append(data)
         self._buffered += len(data)
-        # Only frames left unsent from before make a slow reader: one large answer to an
-        # idle client is fine whatever its size.
-        if waiting and self._buffered > self.max_buffer_bytes:
+        if waiting and self._buffered > self.max_buffer_bytes and self._stuck():
             log.warning(
                 "dropping connection %s: client is not reading (%d bytes unsent)",
                 self.remote,
@@ -84,6 +88,19 @@ class WsConnection:
             self._abort()
             return
         self._wake.set()
+
+    def _stuck(self) -> bool:
+        """Is the client really not reading, rather than receiving a burst?
+
+        A burst of answers (several results read from a worker at once) may exceed the
+        bound for a moment. The sender only yields to the loop while the socket refuses
+        data, so `_blocked_since` set here means the socket is full; the client is slow
+        when that has lasted past the grace, or the backlog is far past the bound.
+        """
+        if self._buffered > HARD_LIMIT_FACTOR * self.max_buffer_bytes:
+            return True
+        since = self._blocked_since
+        return since is not None and time.monotonic() - since > SLOW_READER_GRACE_S
 
     def close(self, code: int, reason: str) -> None:
         """Close after the frames already queued have been sent."""
@@ -105,7 +122,9 @@ class WsConnection:
                 while queue:
                     data = queue.popleft()
                     self._buffered -= len(data)
+                    self._blocked_since = time.monotonic()
                     await ws.send_frame(data, WSMsgType.TEXT)
+                    self._blocked_since = None
                 if self._closing is not None:
                     code, reason = self._closing
                     await ws.close(code=code, message=reason.encode())
