@@ -278,7 +278,7 @@ async def test_a_dropped_slow_reader_keeps_its_session_for_the_resume_grace(
     finally:
         slow.abort()
     try:
-        health = await health_until(
+        await health_until(
             daemon,
             lambda h: h["sessions"] == 0 and h["sessions_detached"] == 1,
             "the dropped session to wait for its reconnect",
