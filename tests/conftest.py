@@ -232,10 +232,12 @@ async def mcp_client(env: dict[str, str], **session_kwargs: Any) -> AsyncIterato
         command=sys.executable, args=["-m", "shim"], env=env, cwd=str(ROOT)
     )
     with open(os.devnull, "w") as errlog:  # noqa: ASYNC230 - opened once per client
-        async with stdio_client(params, errlog=errlog) as (read, write):
-            async with ClientSession(read, write, **session_kwargs) as session:
-                await session.initialize()
-                yield session
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write, **session_kwargs) as session,
+        ):
+            await session.initialize()
+            yield session
 
 
 def _tagged_pids() -> list[int]:
