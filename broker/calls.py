@@ -453,8 +453,8 @@ class CallManager:
         if outcome != "ok":
             self.errors_by_code[outcome] = self.errors_by_code.get(outcome, 0) + 1
             log.info(
-                "call %s of session %s -> %s%s",
-                call.tool,
+                "call %r of session %s -> %s%s",
+                call.tool[:64],
                 session.id[:8],
                 outcome,
                 f": {error.message}" if error is not None else "",
@@ -496,7 +496,7 @@ class CallManager:
             return
         session.send(self._error_frame(dialect, request_id, exc))
         code = str(exc.code)
-        log.info("call %s of session %s -> %s: %s", tool, session.id[:8], code, exc.message)
+        log.info("call %r of session %s -> %s: %s", tool[:64], session.id[:8], code, exc.message)
         self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
         self.calls_total += 1
         self.record(

@@ -109,8 +109,11 @@ class Daemon:
     def _record(self, record: CallRecord) -> None:
         self.metrics.record(record)
         self.recent.add(record.t, record.latency_ms, record.outcome == "ok")
+        # Unknown tool names are the client's words: one label for all of them, or any
+        # client could grow the metrics without bound.
+        tool = "(unknown)" if record.outcome == "TOOL_NOT_FOUND" else record.tool
         self.prometheus.observe(
-            record.tool, record.provider, record.outcome, record.latency_ms, record.queue_ms
+            tool, record.provider, record.outcome, record.latency_ms, record.queue_ms
         )
 
     def _worker_ready(self, worker: WorkerHandle) -> None:
@@ -194,9 +197,11 @@ class Daemon:
         """Stop accepting, let calls finish within the grace, then close everything."""
         self.draining = True
         self.calls.shutting_down = True
-        await site.stop()
+        # Keep listening while calls drain: probes get 503 and new calls SHUTTING_DOWN
+        # (instead of "connection refused"), and no second daemon can take the port yet.
         if not self._fatal:
             await self.calls.wait_idle(self.settings.shutdown_grace_s)
+        await site.stop()
         for call in list(self.calls.calls.values()):
             if not call.done:
                 self.calls.fail(call, ShuttingDown("the daemon shut down before the call finished"))

@@ -58,7 +58,8 @@ class RecentStats:
             if now - bucket.start > BUCKET_S * BUCKETS:
                 continue
             ordered = sorted(bucket.samples)
-            elapsed = min(BUCKET_S, max(0.001, now - bucket.start))
+            # A bucket just begun would turn one call into hundreds per second.
+            elapsed = min(BUCKET_S, max(1.0, now - bucket.start))
             points.append(
                 {
                     "t": bucket.start,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -30,7 +31,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of already sorted values (0 for none)."""
     if not values:
         return 0.0
-    rank = max(0, min(len(values) - 1, round(q / 100.0 * len(values) + 0.5) - 1))
+    rank = max(0, min(len(values) - 1, math.ceil(q / 100.0 * len(values) - 1e-9) - 1))
     return values[rank]
 
 
@@ -54,10 +55,10 @@ def read_records(paths: Iterable[Path], since_t: float = 0.0) -> Iterator[dict[s
             for line in handle:
                 try:
                     record = json.loads(line)
-                except ValueError:
+                    if isinstance(record, dict) and float(record.get("t", 0)) >= since_t:
+                        yield record
+                except (ValueError, TypeError):
                     continue
-                if isinstance(record, dict) and float(record.get("t", 0)) >= since_t:
-                    yield record
 
 
 def _stats(latencies: list[float], queues: list[float], errors: int) -> dict[str, Any]:

@@ -52,7 +52,10 @@ def merge_config(existing: dict[str, Any], block: dict[str, Any], client: str) -
     merged = dict(existing)
     if client == "augment":
         advanced = dict(merged.get("augment.advanced") or {})
-        servers = [s for s in advanced.get("mcpServers") or [] if isinstance(s, dict)]
+        existing_servers = advanced.get("mcpServers") or []
+        if not isinstance(existing_servers, list):
+            raise ConfigError('"augment.advanced.mcpServers" in the existing file is not a list')
+        servers = [s for s in existing_servers if isinstance(s, dict)]
         ours = block["augment.advanced"]["mcpServers"][0]
         servers = [s for s in servers if s.get("name") != ours["name"]] + [ours]
         advanced["mcpServers"] = servers
@@ -64,6 +67,17 @@ def merge_config(existing: dict[str, Any], block: dict[str, Any], client: str) -
         raise ConfigError(f'"{key}" in the existing file is not an object')
     merged[key] = {**table, **block[key]}
     return merged
+
+
+def _free_backup_name(path: Path) -> Path:
+    """A backup name that never overwrites an earlier backup."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate = path.with_name(f"{path.name}.bak-{stamp}")
+    counter = 1
+    while candidate.exists():
+        counter += 1
+        candidate = path.with_name(f"{path.name}.bak-{stamp}-{counter}")
+    return candidate
 
 
 def write_config(path: Path, block: dict[str, Any], client: str) -> Path | None:
@@ -82,7 +96,7 @@ def write_config(path: Path, block: dict[str, Any], client: str) -> Path | None:
                 ) from None
             if not isinstance(existing, dict):
                 raise ConfigError(f"{path} does not hold a JSON object")
-        backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        backup = _free_backup_name(path)
         shutil.copy2(path, backup)
     merged = merge_config(existing, block, client)
     path.parent.mkdir(parents=True, exist_ok=True)
