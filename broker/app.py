@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from broker.auth import is_loopback_host
 from broker.connection import WsConnection
@@ -33,6 +33,11 @@ def _bearer(request: web.Request) -> str | None:
     if header[:7].lower() == "bearer ":
         return header[7:].strip()
     return request.query.get("token")
+
+
+def _offered_protocols(request: web.Request) -> list[str]:
+    header = request.headers.get("Sec-WebSocket-Protocol", "")
+    return [p.strip() for p in header.split(",") if p.strip()]
 
 
 def _host_name(host_header: str) -> str:
@@ -87,6 +92,12 @@ async def handle_root(request: web.Request) -> web.StreamResponse:
 async def handle_ws(request: web.Request, daemon: Daemon) -> web.StreamResponse:
     settings = daemon.settings
     presented = _bearer(request)
+    if daemon.auth.enabled and presented is None and "mcp" in _offered_protocols(request):
+        # MCP-style clients send JSON-RPC at once; there is no hello to carry a token.
+        log.warning("refused MCP-style upgrade from %s: no token", request.remote)
+        return web.Response(
+            status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"}
+        )
     if daemon.draining:
         return web.Response(status=503, text="shutting down\n")
     if len(daemon.connections) >= settings.max_connections:
@@ -125,13 +136,14 @@ async def handle_ws(request: web.Request, daemon: Daemon) -> web.StreamResponse:
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                 router.handle(conn, msg.data)
             elif msg.type is WSMsgType.ERROR:
-                log.warning("connection %s closed: %s", remote, ws.exception())
-        if ws.close_code == 1009:
-            log.warning(
-                "connection %s closed: frame larger than EXAI_WS_MAX_BYTES (%d)",
-                remote,
-                settings.max_frame_bytes,
-            )
+                if getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
+                    log.warning(
+                        "closed connection %s with 1009: frame larger than EXAI_WS_MAX_BYTES (%d)",
+                        remote,
+                        settings.max_frame_bytes,
+                    )
+                else:
+                    log.warning("connection %s closed: %s", remote, ws.exception())
     finally:
         hello_timer.cancel()
         # A client that closes with 1000 says goodbye: its session ends now instead of

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 
 __all__ = ["Auth", "is_loopback_host"]
 
-_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]", "ip6-localhost"}
+_LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
 
 def is_loopback_host(host: str) -> bool:
-    host = host.strip().lower()
-    return host in _LOOPBACK_NAMES or host.startswith("127.")
+    """True for loopback addresses and the loopback names; never for look-alike names
+    such as `127.0.0.1.evil.example` (a DNS-rebinding trick)."""
+    name = host.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class Auth:

@@ -10,7 +10,6 @@ import signal
 import socket
 import sys
 import time
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from broker.frames import FrameCodec
 from broker.health import HealthFile
 from broker.metrics import MetricsWriter
 from broker.prometheus import PrometheusMetrics
-from broker.protocol import ShuttingDown
+from broker.protocol import WorkerLost
 from broker.recent import RecentStats
 from broker.scheduler import Scheduler
 from broker.session import SessionRegistry
@@ -56,7 +55,7 @@ class Daemon:
         self.started_at = time.time()
         self.draining = False
         self.ready = False
-        self.connections: weakref.WeakSet[WsConnection] = weakref.WeakSet()
+        self.connections: set[WsConnection] = set()
         self.auth = Auth(settings.token)
         self.log_dir = Path(settings.log_dir)
         self._stop = asyncio.Event()
@@ -204,7 +203,14 @@ class Daemon:
         await site.stop()
         for call in list(self.calls.calls.values()):
             if not call.done:
-                self.calls.fail(call, ShuttingDown("the daemon shut down before the call finished"))
+                self.calls.fail(
+                    call,
+                    WorkerLost(
+                        f"the daemon shut down (for a restart or stop) while {call.tool!r} was "
+                        "running; it may have partly run",
+                        cause="daemon_shutdown",
+                    ),
+                )
         for conn in list(self.connections):
             conn.close(CLOSE_GOING_AWAY, "daemon shutting down")
         senders = [c.sender for c in list(self.connections)]
@@ -239,6 +245,7 @@ class Daemon:
                 self.sessions.forget(session)
 
     def connection_closed(self, conn: WsConnection, ended: bool) -> None:
+        self.connections.discard(conn)
         session = conn.session
         if session is None or session.owner is not conn:
             return

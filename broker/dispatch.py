@@ -92,6 +92,12 @@ class FrameRouter:
         try:
             env = self.codec.decode(data)
         except InvalidFrame as exc:
+            if peer.session is None and not peer.authenticated:
+                # The opening frame of an op session must be a JSON hello.
+                self.stats.bad_frames += 1
+                peer.send(self.codec.encode({"op": "hello_ack", "ok": False, "error": "not JSON"}))
+                peer.close(CLOSE_NOT_JSON, "first frame is not JSON")
+                return
             self._bad_frame(peer, exc, None)
             return
         if peer.session is None and not self._open(peer, env):
@@ -285,9 +291,12 @@ class FrameRouter:
         log.debug("bad frame: %s", exc.message)
         if env is not None and env.jsonrpc is not None and not present(env.id):
             return  # JSON-RPC never answers a notification, even a broken one
-        jsonrpc = (env is not None and env.jsonrpc is not None) or (
-            env is None and peer.dialect == "mcp"
-        )
+        # Answer in the client's own dialect: JSON-RPC for MCP sessions and for anything
+        # that looks like a request, op frames for op clients.
+        jsonrpc = (
+            peer.dialect == "mcp"
+            or (env is not None and (env.jsonrpc is not None or present(env.id) or env.method))
+        ) and not (env is not None and env.op is not None)
         if jsonrpc:
             request_id = env.id if env is not None and present(env.id) else None
             if request_id is not None and not _valid_id(request_id):

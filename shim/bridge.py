@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import sys
 from collections.abc import Callable
@@ -113,14 +114,27 @@ class Bridge:
     def handle_client_line(self, line: bytes) -> None:
         try:
             message = json.loads(line)
-        except ValueError as exc:
-            self._reply_error(None, -32700, f"parse error: {exc}", None)
+            if not line.isascii():
+                line.decode("utf-8")
+            if b"\\ud" in line or b"\\uD" in line:
+                # A lone surrogate escape parses but cannot travel on as UTF-8.
+                json.dumps(message, ensure_ascii=False).encode("utf-8")
+        except (ValueError, RecursionError) as exc:
+            self._reply_error(_guess_id(line), -32700, f"parse error: {exc}", None)
             return
         if not isinstance(message, dict):
             # A batch or a bare value: the daemon would refuse it too; answer here.
             self._reply_error(None, -32600, "expected one JSON-RPC object per line", None)
             return
         method = message.get("method")
+        if message.get("jsonrpc") != "2.0":
+            if "id" in message or method is not None:
+                request_id = message.get("id") if _valid_id(message.get("id")) else None
+                self._reply_error(request_id, -32600, 'expected "jsonrpc": "2.0"', None)
+            return
+        if "id" in message and not _valid_id(message["id"]):
+            self._reply_error(None, -32600, "a request id must be a string or an integer", None)
+            return
         if "id" in message and isinstance(method, str):
             key = id_key(message["id"])
             params = message.get("params")
@@ -171,7 +185,7 @@ class Bridge:
         pending = self.pending.get(key)
         if pending is None:
             return  # a duplicate of an answer already delivered
-        if b'"SHUTTING_DOWN"' in frame[:512] and pending.tool in self.safe_tools:
+        if _cut_by_restart(frame) and pending.tool in self.safe_tools:
             # The daemon is restarting and this tool is safe to run again: keep the
             # request and re-send it to the next daemon instead of failing the client.
             pending.sent_generation = -1
@@ -213,8 +227,18 @@ class Bridge:
 
     def _send_pending(self, pending: Pending) -> None:
         if self.ws is not None and self._connected.is_set():
+            if pending.sent_generation != -1 and not pending.acked:
+                # A re-send after a reconnect: it gets a full RPC timeout of its own.
+                self._restart_timer(pending)
             pending.sent_generation = self.generation
             self._send(pending.line)
+
+    def _restart_timer(self, pending: Pending) -> None:
+        if pending.timer is not None:
+            pending.timer.cancel()
+        pending.timer = self._loop.call_later(
+            self.settings.rpc_timeout_s, self._rpc_timeout, pending
+        )
 
     def _send(self, line: bytes) -> None:
         ws = self.ws
@@ -245,6 +269,12 @@ class Bridge:
         )
         self._maybe_done()
 
+    def _fail_unsent(self, code: ErrorCode, message: str) -> None:
+        """Answer every request not yet sent to a daemon: retrying will not help."""
+        for pending in list(self.pending.values()):
+            if pending.sent_generation == -1:
+                self._fail_pending(pending, code, message)
+
     def _forget(self, key: str) -> None:
         pending = self.pending.pop(key, None)
         if pending is not None and pending.timer is not None:
@@ -258,22 +288,16 @@ class Bridge:
         if self._connected.is_set() and not pending.retried:
             # No ack in time: the connection may be half-dead. Reconnect and re-send once;
             # the daemon joins the re-sent id to the original call, so it cannot run twice.
+            # The retry's own timer starts when it is re-sent on the new connection.
             pending.retried = True
             log.warning(
                 "no answer to %s within %g s; reconnecting and retrying once",
                 pending.method,
                 self.settings.rpc_timeout_s,
             )
-            pending.timer = self._loop.call_later(
-                self.settings.rpc_timeout_s, self._rpc_timeout, pending
-            )
             self._reconnect_now.set()
             return
-        self._fail_pending(
-            pending,
-            ErrorCode.WORKER_LOST if self._connected.is_set() else ErrorCode.SHUTTING_DOWN,
-            self._unreachable_message(),
-        )
+        self._fail_pending(pending, ErrorCode.UNAVAILABLE, self._unreachable_message())
 
     def _unreachable_message(self) -> str:
         return (
@@ -299,6 +323,13 @@ class Bridge:
                 attempt += 1
                 if isinstance(exc, ConnectionRefusedError) and self.autostarter is not None:
                     self.autostarter.maybe_start()
+                if _refused_token(exc):
+                    self._fail_unsent(
+                        ErrorCode.UNAUTHORIZED,
+                        f"the daemon at {self.settings.url} refused our token "
+                        f"({self.last_error}): set EXAI_WS_TOKEN in this client's shim env "
+                        "to the daemon's token",
+                    )
                 delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** min(attempt, 10))
                 if attempt == 1 or attempt % 20 == 0:
                     log.warning("cannot reach daemon at %s: %s", self.settings.url, self.last_error)
@@ -378,8 +409,11 @@ class Bridge:
             for task in (reader, reconnect, finished):
                 task.cancel()
             self._reconnect_now.clear()
+            self._connected.clear()
             code = 1000 if self.done.is_set() else 4000
-            await ws.close(code=code, timeout_s=1.0)
+            # A connection dropped for not answering gets no closing handshake: waiting
+            # for one would only eat into the retry's time.
+            await ws.close(code=code, timeout_s=1.0 if self.done.is_set() else 0.0)
 
     async def _read(self, ws: WebSocket) -> None:
         try:
@@ -389,6 +423,38 @@ class Bridge:
             self.last_error = f"connection closed ({exc.code} {exc.reason})".strip()
             if exc.code == 1001:
                 log.info("daemon is restarting; reconnecting")
+
+
+_ID_RE = re.compile(
+    rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+)'
+)
+
+
+def _guess_id(line: bytes) -> Any:
+    """The request id of a line too broken to parse, when it comes first (or null)."""
+    match = _ID_RE.match(line[:512])
+    if match is None:
+        return None
+    try:
+        return json.loads(match.group(1))
+    except ValueError:
+        return None
+
+
+def _valid_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _cut_by_restart(frame: bytes) -> bool:
+    """An error saying the daemon shut down (before or while running the call)."""
+    head = frame[:1024]
+    return b'"SHUTTING_DOWN"' in head or b'"daemon_shutdown"' in head
+
+
+def _refused_token(exc: BaseException) -> bool:
+    if isinstance(exc, HandshakeError):
+        return exc.status in (401, 403)
+    return isinstance(exc, ValueError) and "unauthorized" in str(exc)
 
 
 def _describe(exc: BaseException) -> str:

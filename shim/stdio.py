@@ -8,6 +8,7 @@ loop iteration leaves in one write.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 import sys
@@ -71,7 +72,10 @@ class LineReader:
     def feed(self, data: bytes) -> None:
         for line in split_lines(self._buffer, data):
             if line.strip():
-                self._on_line(line)
+                try:
+                    self._on_line(line)
+                except Exception:  # one bad line must not cost the others their answers
+                    logging.getLogger("shim").exception("could not handle a client line")
         if len(self._buffer) > MAX_LINE_BYTES:
             size = len(self._buffer)
             self._buffer.clear()
