@@ -1,0 +1,1 @@
+"""Load generators for exai-broker and the tables they print (never collected by pytest)."""

@@ -1,0 +1,108 @@
+"""The frames the load clients send and how to read the answers; pure, no I/O.
+
+Three ways into the daemon: the op dialect (`hello`, `call_tool`), MCP JSON-RPC over
+WebSocket (subprotocol `mcp`), and MCP JSON-RPC lines through a shim. An outcome is
+None for a good echo, otherwise the error code to count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "BAD_RESULT",
+    "MCP_INITIALIZED",
+    "echo_arguments",
+    "echo_text",
+    "mcp_call",
+    "mcp_initialize",
+    "mcp_outcome",
+    "op_call",
+    "op_hello",
+    "op_outcome",
+]
+
+BAD_RESULT = "BAD_RESULT"  # the call succeeded but did not echo our text back
+MCP_PROTOCOL_VERSION = "2025-06-18"
+MCP_INITIALIZED = '{"jsonrpc":"2.0","method":"notifications/initialized"}'
+
+
+def echo_text(payload_bytes: int) -> str:
+    """Printable ASCII of exactly `payload_bytes` bytes, varied so nothing compresses it away."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(alphabet[i % len(alphabet)] for i in range(payload_bytes))
+
+
+def echo_arguments(text: str) -> str:
+    """The `arguments` object of an echo call, as JSON text, encoded once per client."""
+    return orjson.dumps({"text": text}).decode()
+
+
+def op_hello(session_id: str) -> str:
+    return orjson.dumps({"op": "hello", "session_id": session_id}).decode()
+
+
+def op_call(request_id: str, arguments_json: str) -> str:
+    # Spliced rather than re-encoded per call: the client should cost as little as possible.
+    return (
+        f'{{"op":"call_tool","request_id":"{request_id}","name":"echo",'
+        f'"arguments":{arguments_json}}}'
+    )
+
+
+def mcp_call(request_id: int, arguments_json: str) -> str:
+    return (
+        f'{{"jsonrpc":"2.0","id":{request_id},"method":"tools/call",'
+        f'"params":{{"name":"echo","arguments":{arguments_json}}}}}'
+    )
+
+
+def mcp_initialize(request_id: int) -> str:
+    return orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": MCP_PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "exai-broker-benchmark", "version": "0"},
+            },
+        }
+    ).decode()
+
+
+def _error_code(error: Any, fallback: str) -> str:
+    if not isinstance(error, dict):
+        return fallback
+    code = error.get("code")
+    return code if isinstance(code, str) and code else fallback
+
+
+def op_outcome(frame: dict[str, Any], expected_text: str) -> str | None:
+    """Outcome of a `call_tool_res` frame."""
+    if "error" in frame:
+        return _error_code(frame["error"], "OP_ERROR")
+    if frame.get("isError"):
+        return "EXEC_ERROR"
+    return None if frame.get("text") == expected_text else BAD_RESULT
+
+
+def mcp_outcome(frame: dict[str, Any], expected_text: str) -> str | None:
+    """Outcome of a JSON-RPC response to an echo `tools/call`."""
+    error = frame.get("error")
+    if error is not None:
+        data = error.get("data") if isinstance(error, dict) else None
+        fallback = f"JSONRPC_{error.get('code')}" if isinstance(error, dict) else "JSONRPC_ERROR"
+        return _error_code(data, fallback)
+    result = frame.get("result")
+    if not isinstance(result, dict):
+        return BAD_RESULT
+    if result.get("isError"):
+        return "EXEC_ERROR"
+    content = result.get("content")
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return None if content[0].get("text") == expected_text else BAD_RESULT
+    return BAD_RESULT

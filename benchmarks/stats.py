@@ -1,0 +1,38 @@
+"""Latency percentiles and the per-cell summary row; pure."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["percentile", "summarise"]
+
+PERCENTILES = (50, 90, 99)
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float | None:
+    """Nearest-rank percentile of already sorted values; None for no values."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summarise(
+    latencies_ms: Sequence[float], errors: Mapping[str, int], duration_s: float
+) -> dict[str, Any]:
+    """calls/s counts good calls only; latency percentiles are over good calls only."""
+    values = sorted(latencies_ms)
+    error_count = sum(errors.values())
+    latency: dict[str, float | None] = {f"p{p}": percentile(values, p) for p in PERCENTILES}
+    latency["max"] = values[-1] if values else None
+    latency["mean"] = sum(values) / len(values) if values else None
+    return {
+        "calls": len(values) + error_count,
+        "ok": len(values),
+        "calls_per_s": len(values) / duration_s if duration_s > 0 else 0.0,
+        "latency_ms": latency,
+        "errors": dict(sorted(errors.items())),
+        "error_count": error_count,
+    }
