@@ -134,6 +134,16 @@ class DaemonProcess:
         return int(self.proc.returncode)
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the test process dies (Linux), so a killed pytest run
+    leaves no daemon behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _killpg(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
@@ -175,6 +185,7 @@ def start_daemon(
             stdout=subprocess.DEVNULL,
             stderr=err,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     daemon = DaemonProcess(proc, port, log_dir, full_env, stderr_path, argv)
     _STARTED.append(daemon)
