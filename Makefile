@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint bench clean
+NODE_DIR := .cache/node
+
+.PHONY: install node-tools run test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +18,22 @@ install: $(PY)
 	@# Byte-compile once: shims and workers start faster, even under PYTHONDONTWRITEBYTECODE.
 	$(PY) -m compileall -q broker workers shim
 
+# Third-party MCP peers for the interop tests (server-everything, the Inspector CLI).
+# Optional: without npm the tests that need them are skipped.
+node-tools:
+	@if [ -d $(NODE_DIR)/node_modules/@modelcontextprotocol/inspector ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then \
+		mkdir -p $(NODE_DIR) && cd $(NODE_DIR) && \
+		HOME="$$(pwd)" npm install --no-audit --no-fund --silent \
+			@modelcontextprotocol/server-everything @modelcontextprotocol/inspector@2.12.0 \
+		|| echo "npm install failed: interop tests will be skipped"; \
+	else echo "npm not found: interop tests will be skipped"; fi
+
 run: install
 	$(PY) -m broker --workers 4
 
-test: install
-	$(PY) -m pytest
+test: install node-tools
+	$(PY) -m pytest -n 2 --dist loadfile
 
 lint: install
 	$(PY) -m ruff check broker workers shim tests benchmarks

@@ -109,24 +109,39 @@ class MetricsWriter:
             del out[:cut]
 
     async def _write_pending(self) -> None:
+        """Write the pending lines, rotating whenever the next whole lines would not fit."""
         if self._size < 0:
             self._size = await _file_size(self.path)
-        if self._size > 0 and self._size + len(self._pending) > self.max_bytes:
-            await self._close_file()
-            await self._rotate()
         data = bytes(self._pending)
+        offset = 0
+        while offset < len(data):
+            room = self.max_bytes - self._size
+            end = len(data)
+            if end - offset > room:
+                end = data.rfind(b"\n", offset, offset + max(room, 0)) + 1
+                if end <= offset:
+                    if self._size > 0:
+                        await self._close_file()
+                        await self._rotate()
+                        continue
+                    end = data.index(b"\n", offset) + 1  # one line longer than a whole file
+            await self._append(data[offset:end])
+            lines = data.count(b"\n", offset, end)
+            self.written += lines
+            self._pending_lines -= lines
+            del self._pending[: end - offset]
+            offset = end
+
+    async def _append(self, chunk: bytes) -> None:
         try:
             if self._file is None:
                 self._file = await aiofiles.open(self.path, "ab")
-            await self._file.write(data)
+            await self._file.write(chunk)
             await self._file.flush()
         except OSError:
             await self._close_file()
             raise
-        self._size += len(data)
-        self.written += self._pending_lines
-        self._pending.clear()
-        self._pending_lines = 0
+        self._size += len(chunk)
 
     async def _close_file(self) -> None:
         if self._file is not None:

@@ -19,6 +19,7 @@ import mcp
 import pytest
 from mcp import MCPError
 
+from tests.conftest import ROOT as REPO_ROOT
 from tests.conftest import DaemonProcess, async_wait_for, mcp_client
 from tests.fixtures import sdk_servers
 
@@ -36,6 +37,8 @@ STEP_S = 30.0
 OVER_CAPACITY_RPC = -32050
 INVALID_PARAMS_RPC = -32602
 WORKER_LOST_RPC = -32052
+
+NODE_MODULES = REPO_ROOT / ".cache" / "node" / "node_modules"
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -227,17 +230,13 @@ async def test_mcp_server_time_is_hosted(daemon_factory: DaemonFactory) -> None:
 
 
 async def test_server_everything_is_hosted(daemon_factory: DaemonFactory) -> None:
-    """@modelcontextprotocol/server-everything behind `--server-cmd`, when it is installed
-    locally and named by EXAI_TEST_EVERYTHING_CMD (tests never download packages)."""
-    command = os.environ.get("EXAI_TEST_EVERYTHING_CMD", "").strip()
-    if not shutil.which("npx"):
-        pytest.skip("npx is not installed")
+    """@modelcontextprotocol/server-everything behind `--server-cmd`, when `make node-tools`
+    installed it (or EXAI_TEST_EVERYTHING_CMD names a local copy; tests never download)."""
+    command = os.environ.get("EXAI_TEST_EVERYTHING_CMD", "").strip() or everything_command()
+    if not shutil.which("node"):
+        pytest.skip("node is not installed")
     if not command:
-        pytest.skip(
-            "set EXAI_TEST_EVERYTHING_CMD to a local server-everything command, e.g. "
-            '"node /path/node_modules/@modelcontextprotocol/server-everything/dist/index.js '
-            'stdio" (tests never download it)'
-        )
+        pytest.skip("server-everything is not installed locally (run `make node-tools`)")
     daemon = daemon_factory(workers=1, args=["--server-cmd", command])
     progress: list[float] = []
 
@@ -259,6 +258,12 @@ async def test_server_everything_is_hosted(daemon_factory: DaemonFactory) -> Non
     assert "42" in text_of(summed)
     assert not long_op.is_error, text_of(long_op)
     assert len(progress) >= 1
+
+
+def everything_command() -> str:
+    """The locally installed server-everything (`make node-tools`), or ''."""
+    entry = NODE_MODULES / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+    return f"node {entry} stdio" if entry.is_file() else ""
 
 
 # --- isolation -----------------------------------------------------------------------
