@@ -75,7 +75,7 @@ class ArgumentValidator:
     def validate(self, tool: str, arguments: dict[str, Any]) -> None:
         """Raise InvalidArguments naming the failing path when the arguments do not fit."""
         validator = self._validator(tool)
-        if validator is None:
+        if validator is None or validator.is_valid(arguments):
             return
         error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
         if error is None:
