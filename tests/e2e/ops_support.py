@@ -1,19 +1,15 @@
 """Helpers for the operations e2e tests (test_operations_*.py).
 
-- `Browser` / `Page`: a headless Chromium driven over the DevTools protocol (aiohttp
-  WebSocket client): open a page, read element text, take a screenshot. Every process
-  Chromium starts (its crash handler lives in a session of its own) carries a private
-  environment tag and is killed on the way out, even when the test fails.
 - `OpClient`: a minimal op-dialect WebSocket session (hello, call_tool, cancel), to hold
   a call in flight while something else is observed.
 - `JsonLinesShim`: a real `python -m shim` driven with raw JSON lines from any cwd.
-- HTTP, Prometheus-text, /proc and CLI helpers with deadlines.
+- HTTP, Prometheus-text, /proc and CLI helpers with deadlines (the browser is in
+  tests.support.browser, the generic /proc helpers in tests.support.processes).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import json
@@ -21,71 +17,37 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, RUN_ID, DaemonProcess, async_wait_for, base_env, scaled
+from tests.conftest import ROOT, RUN_ID, DaemonProcess, scaled
+from tests.support.processes import tagged_pids
 
 __all__ = [
     "ARTIFACTS",
-    "CHROMIUM",
     "STEP_S",
-    "Browser",
     "JsonLinesShim",
     "Metrics",
     "OpClient",
-    "Page",
     "broker_daemon_pids",
     "fetch",
-    "kill_and_reap",
     "op_client",
-    "process_gone",
     "read_metrics",
     "run_cli",
-    "tagged_pids",
 ]
 
 STEP_S = 30.0  # deadline of one step (a reply, a condition); scaled by EXAI_TEST_TIMEOUT_SCALE
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
 
 JsonObj = dict[str, Any]
 
 
 # --- processes -------------------------------------------------------------------------
-
-
-def process_gone(pid: int) -> bool:
-    """True once `pid` has exited (gone, or a zombie nobody reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def tagged_pids(tag: str) -> list[int]:
-    """Live processes (not us, not zombies) whose environment holds the line `tag`."""
-    needle = tag.encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
-        except OSError:
-            continue
-        if not process_gone(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -105,13 +67,6 @@ def broker_daemon_pids(extra_tag: str | None = None) -> list[int]:
     if extra_tag is not None:
         pids = sorted(set(pids) & set(tagged_pids(extra_tag)))
     return [pid for pid in pids if _cmdline(pid)[1:3] == ["-m", "broker"]]
-
-
-def kill_and_reap(pids: list[int]) -> None:
-    """SIGKILL each pid still alive (the last resort of a cleanup)."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def run_cli(
@@ -327,210 +282,3 @@ class JsonLinesShim:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._reader
-
-
-# --- headless Chromium over the DevTools protocol ---------------------------------------
-
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-extensions",
-    "--disable-default-apps",
-    "--window-size=1280,900",
-    "--remote-debugging-address=127.0.0.1",
-    "--remote-debugging-port=0",
-)
-
-
-def require_chromium() -> str:
-    """The Chromium binary, or skip the test when it is not installed."""
-    if not CHROMIUM.exists() or not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"headless Chromium is not installed at {CHROMIUM}")
-    return str(CHROMIUM)
-
-
-class Page:
-    """One tab, attached with a flat DevTools session."""
-
-    def __init__(self, browser: Browser, target_id: str, session_id: str) -> None:
-        self.browser = browser
-        self.target_id = target_id
-        self.session_id = session_id
-
-    async def cdp(self, method: str, params: JsonObj | None = None) -> JsonObj:
-        return await self.browser.cdp(method, params, self.session_id)
-
-    async def evaluate(self, expression: str, await_promise: bool = False) -> Any:
-        """The value of a JavaScript expression in the page (by value)."""
-        reply = await self.cdp(
-            "Runtime.evaluate",
-            {"expression": expression, "returnByValue": True, "awaitPromise": await_promise},
-        )
-        if "exceptionDetails" in reply:
-            raise AssertionError(f"{expression!r} threw: {reply['exceptionDetails']}")
-        return reply.get("result", {}).get("value")
-
-    async def wait_until(self, expression: str, what: str, timeout_s: float = STEP_S) -> Any:
-        """Poll `expression` until it is truthy; its value (fails after the deadline)."""
-        deadline = time.monotonic() + scaled(timeout_s)
-        while True:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what} ({expression})")
-            await asyncio.sleep(0.05)
-
-    async def navigate(self, url: str) -> None:
-        """Load `url` and wait until the document finished loading."""
-        reply = await self.cdp("Page.navigate", {"url": url})
-        assert not reply.get("errorText"), reply
-        await self.wait_until(
-            "document.readyState === 'complete' && location.href", f"{url} to load"
-        )
-
-    async def screenshot(self) -> bytes:
-        """A PNG of the visible page."""
-        reply = await self.cdp("Page.captureScreenshot", {"format": "png"})
-        return base64.b64decode(reply["data"])
-
-
-class Browser:
-    """A headless Chromium process and a DevTools connection to it."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, profile: Path, tag: str) -> None:
-        self.proc = proc
-        self.profile = profile
-        self.tag = tag
-        self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[JsonObj]] = {}
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def launch(cls, root: Path) -> AsyncIterator[Browser]:
-        """Start Chromium with a fresh profile under `root`; always stopped on the way out."""
-        binary = require_chromium()
-        profile = root / f"chromium-{uuid.uuid4().hex[:6]}"
-        home = profile / "home"
-        home.mkdir(parents=True)
-        tag = f"EXAI_TEST_BROWSER={uuid.uuid4().hex}"
-        env = base_env(HOME=str(home))
-        env[tag.split("=")[0]] = tag.split("=")[1]
-        with open(profile / "stderr.txt", "wb") as err:  # noqa: ASYNC230 - once per browser
-            proc = await asyncio.create_subprocess_exec(
-                binary,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile / 'data'}",
-                "about:blank",
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-            )
-        browser = cls(proc, profile, tag)
-        try:
-            await browser._attach()
-            yield browser
-        finally:
-            await browser._shutdown()
-
-    async def _attach(self) -> None:
-        port_file = self.profile / "data" / "DevToolsActivePort"
-
-        def port_lines() -> list[str] | None:
-            if self.proc.returncode is not None:
-                raise AssertionError(f"chromium exited with {self.proc.returncode}")
-            with contextlib.suppress(OSError):
-                lines = port_file.read_text().split()
-                if len(lines) >= 2:
-                    return lines
-            return None
-
-        lines: list[str] = await async_wait_for(port_lines, STEP_S, "chromium's DevTools port")
-        self._http = aiohttp.ClientSession()
-        self._ws = await self._http.ws_connect(
-            f"ws://127.0.0.1:{int(lines[0])}{lines[1]}", max_msg_size=0
-        )
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self._ws is not None
-        try:
-            async for msg in self._ws:
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    continue
-                message = json.loads(msg.data)
-                future = self._waiting.pop(message.get("id", -1), None)
-                if future is not None and not future.done():
-                    future.set_result(message)
-        finally:
-            for future in self._waiting.values():
-                if not future.done():
-                    future.set_exception(ConnectionError("DevTools connection closed"))
-
-    async def cdp(
-        self, method: str, params: JsonObj | None = None, session_id: str | None = None
-    ) -> JsonObj:
-        """Send one DevTools command and return its result."""
-        assert self._ws is not None
-        rid = next(self._ids)
-        message: JsonObj = {"id": rid, "method": method, "params": params or {}}
-        if session_id is not None:
-            message["sessionId"] = session_id
-        future: asyncio.Future[JsonObj] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = future
-        await self._ws.send_str(json.dumps(message))
-        reply = await asyncio.wait_for(future, scaled(STEP_S))
-        if "error" in reply:
-            raise AssertionError(f"DevTools {method} failed: {reply['error']}")
-        return dict(reply.get("result", {}))
-
-    async def open(self, url: str) -> Page:
-        """A new tab showing `url` (loaded)."""
-        target = await self.cdp("Target.createTarget", {"url": "about:blank"})
-        attached = await self.cdp(
-            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
-        )
-        page = Page(self, target["targetId"], attached["sessionId"])
-        await page.cdp("Page.enable")
-        await page.cdp("Runtime.enable")
-        await page.navigate(url)
-        return page
-
-    async def _shutdown(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._ws is not None and not self._ws.closed:
-                await asyncio.wait_for(self.cdp("Browser.close"), scaled(5.0))
-        if self._ws is not None:
-            await self._ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-        if self._http is not None:
-            await self._http.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.proc.wait(), scaled(10.0))
-        # Helpers share the process group; the crash handler has a session of its own.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        if self.proc.returncode is None:
-            await asyncio.wait_for(self.proc.wait(), 10.0)
-        leftovers: list[int] = []
-
-        def all_gone() -> bool:
-            leftovers[:] = tagged_pids(self.tag)
-            kill_and_reap(leftovers)
-            return not leftovers
-
-        await async_wait_for(all_gone, 10.0, f"chromium's processes {leftovers} to exit")

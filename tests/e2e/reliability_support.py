@@ -8,7 +8,7 @@
   daemon stays up.
 - `WsMcpClient`: MCP JSON-RPC straight over the daemon's WebSocket (no shim), to see
   close codes.
-- small conditions on the health file, the counting file and /proc.
+- `read_counts` (the counting file); health and /proc conditions are in tests.support.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,8 +24,9 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import ROOT, DaemonProcess, async_wait_for, scaled
+from tests.conftest import ROOT, DaemonProcess, scaled
 from tests.fixtures.counting_tools import read_counts
+from tests.support.processes import kill_quietly
 
 __all__ = [
     "COUNTING_ARGS",
@@ -38,12 +37,7 @@ __all__ = [
     "TcpProxy",
     "WsMcpClient",
     "error_of",
-    "health_until",
-    "kill_quietly",
-    "process_gone",
     "read_counts",
-    "read_health",
-    "rss_bytes",
     "shim_drivers",
     "tcp_proxy",
     "tcp_proxy_started",
@@ -73,52 +67,6 @@ def error_of(response: JsonObj) -> JsonObj:
     error = response.get("error")
     assert isinstance(error, dict), f"expected a JSON-RPC error: {response}"
     return error
-
-
-# --- conditions ----------------------------------------------------------------------
-
-
-def read_health(daemon: DaemonProcess) -> JsonObj | None:
-    """The daemon's health snapshot, or None while it is missing or unreadable."""
-    try:
-        return daemon.health()
-    except (OSError, ValueError):
-        return None
-
-
-async def health_until(
-    daemon: DaemonProcess, check: Callable[[JsonObj], bool], what: str, timeout_s: float = STEP_S
-) -> JsonObj:
-    """The first health snapshot for which `check` holds."""
-
-    def probe() -> JsonObj | None:
-        health = read_health(daemon)
-        return health if health is not None and check(health) else None
-
-    found: JsonObj = await async_wait_for(probe, timeout_s, what)
-    return found
-
-
-def process_gone(pid: int) -> bool:
-    """True once `pid` has exited (gone, or a zombie nobody reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process, from /proc/<pid>/status (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def kill_quietly(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
 
 
 # --- a JSON-lines shim driver ----------------------------------------------------------

@@ -27,12 +27,11 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import DaemonProcess, async_wait_for, scaled
+from tests.support.health import Health
 
 SERVER_ARGS = ["--server", "tests.fixtures.tagged_tools"]
 STEP_S = 30.0  # deadline of one step (a reply, a condition); scaled by EXAI_TEST_TIMEOUT_SCALE
 HOLD_S = 300.0  # how long a holder call would wait if nobody released it
-
-Health = dict[str, Any]
 
 
 def start_tagged_daemon(
@@ -43,26 +42,6 @@ def start_tagged_daemon(
 
 
 # --- conditions ----------------------------------------------------------------------
-
-
-def read_health(daemon: DaemonProcess) -> Health | None:
-    try:
-        return daemon.health()
-    except (OSError, ValueError):
-        return None
-
-
-async def health_until(
-    daemon: DaemonProcess, check: Callable[[Health], bool], what: str, timeout_s: float = STEP_S
-) -> Health:
-    """The first health snapshot for which `check` holds (fails after the deadline)."""
-
-    def probe() -> Health | None:
-        health = read_health(daemon)
-        return health if health is not None and check(health) else None
-
-    result: Health = await async_wait_for(probe, timeout_s, what)
-    return result
 
 
 def provider_inflight(health: Health, provider: str) -> int:

@@ -1,5 +1,5 @@
 """Helpers for the security, bad-input and fuzz tests: raw WebSocket clients, log
-scanning, a raw stdio shim, and a headless Chromium driven over the DevTools protocol.
+scanning, a raw stdio shim (the headless Chromium is in tests.support.browser).
 
 Every wait has a deadline and every process started here is stopped (process group
 kill as the last resort) even when the test fails.
@@ -11,23 +11,18 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any, BinaryIO
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.conftest import ROOT, DaemonProcess, base_env, scaled
+from tests.conftest import ROOT, DaemonProcess, scaled
 
 __all__ = [
-    "CHROMIUM",
     "RECV_TIMEOUT_S",
-    "Chromium",
     "RawShim",
     "connect",
     "daemon_logs",
@@ -38,11 +33,9 @@ __all__ = [
     "op_hello",
     "recv_close",
     "recv_json",
-    "require_chromium",
 ]
 
 RECV_TIMEOUT_S = 10.0
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 # --- raw WebSocket clients -----------------------------------------------------------
@@ -281,169 +274,3 @@ class RawShim:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await asyncio.wait_for(proc.wait(), 10.0)
-
-
-# --- headless Chromium over the DevTools protocol -------------------------------------
-
-
-def require_chromium() -> str:
-    """The Chromium binary, or skip the test when it is not installed."""
-    if not CHROMIUM.exists() or not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"headless Chromium is not installed at {CHROMIUM}")
-    return str(CHROMIUM)
-
-
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-extensions",
-    "--disable-default-apps",
-    "--remote-debugging-address=127.0.0.1",
-    "--remote-debugging-port=0",
-)
-
-
-@contextlib.contextmanager
-def _stderr_file(profile: Path) -> Iterator[BinaryIO]:
-    """A fresh profile folder and the file Chromium's stderr goes to, next to it."""
-    profile.mkdir(parents=True, exist_ok=True)
-    with open(profile.parent / f"{profile.name}.stderr", "wb") as err:
-        yield err
-
-
-class Chromium:
-    """One headless Chromium process and a DevTools protocol connection to it."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, profile: Path) -> None:
-        self.proc = proc
-        self.profile = profile
-        self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._next_id = 0
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def launch(cls, profile: Path) -> AsyncIterator[Chromium]:
-        """Start Chromium with a fresh profile; always stopped on the way out."""
-        binary = require_chromium()
-        with _stderr_file(profile) as err:
-            proc = await asyncio.create_subprocess_exec(
-                binary,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile}",
-                "about:blank",
-                env=base_env(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-            )
-        browser = cls(proc, profile)
-        try:
-            await browser._attach()
-            yield browser
-        finally:
-            await browser._shutdown()
-
-    async def _attach(self) -> None:
-        port_file = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + scaled(30.0)
-        lines: list[str] = []
-        while len(lines) < 2:
-            if self.proc.returncode is not None:
-                raise AssertionError(f"chromium exited with {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                raise AssertionError("chromium did not open its DevTools port in time")
-            with contextlib.suppress(OSError):
-                lines = port_file.read_text().split()
-            if len(lines) < 2:
-                await asyncio.sleep(0.05)
-        self._http = aiohttp.ClientSession()
-        self._ws = await self._http.ws_connect(
-            f"ws://127.0.0.1:{int(lines[0])}{lines[1]}", max_msg_size=0
-        )
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self._ws is not None
-        async for msg in self._ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                continue
-            message = json.loads(msg.data)
-            future = self._waiting.pop(message.get("id", -1), None)
-            if future is not None and not future.done():
-                future.set_result(message)
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(ConnectionError("DevTools connection closed"))
-
-    async def cdp(
-        self, method: str, params: dict[str, Any] | None = None, session_id: str | None = None
-    ) -> dict[str, Any]:
-        """Send one DevTools command and return its result."""
-        assert self._ws is not None
-        self._next_id += 1
-        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
-        if session_id is not None:
-            message["sessionId"] = session_id
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[self._next_id] = future
-        await self._ws.send_str(json.dumps(message))
-        reply = await asyncio.wait_for(future, scaled(RECV_TIMEOUT_S))
-        if "error" in reply:
-            raise AssertionError(f"DevTools {method} failed: {reply['error']}")
-        return dict(reply.get("result", {}))
-
-    async def run_page(self, url: str, result_expr: str, timeout_s: float = 20.0) -> Any:
-        """Open `url` in a new tab and poll `result_expr` until it is a non-empty value."""
-        target = await self.cdp("Target.createTarget", {"url": url})
-        attached = await self.cdp(
-            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
-        )
-        session = attached["sessionId"]
-        deadline = time.monotonic() + scaled(timeout_s)
-        try:
-            while True:
-                evaluated = await self.cdp(
-                    "Runtime.evaluate",
-                    {"expression": result_expr, "returnByValue": True},
-                    session_id=session,
-                )
-                value = evaluated.get("result", {}).get("value")
-                if value:
-                    return value
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"the page {url} did not finish in time")
-                await asyncio.sleep(0.05)
-        finally:
-            with contextlib.suppress(Exception):
-                await self.cdp("Target.closeTarget", {"targetId": target["targetId"]})
-
-    async def _shutdown(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._ws is not None and not self._ws.closed:
-                await asyncio.wait_for(self.cdp("Browser.close"), scaled(5.0))
-        if self._ws is not None:
-            await self._ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-        if self._http is not None:
-            await self._http.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.proc.wait(), scaled(10.0))
-        # Chromium forks helpers (zygote, renderers) into its process group: take them all.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        if self.proc.returncode is None:
-            await asyncio.wait_for(self.proc.wait(), 10.0)
-        shutil.rmtree(self.profile, ignore_errors=True)

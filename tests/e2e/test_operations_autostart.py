@@ -23,10 +23,8 @@ from tests.e2e.ops_support import (
     STEP_S,
     JsonLinesShim,
     broker_daemon_pids,
-    kill_and_reap,
-    process_gone,
-    tagged_pids,
 )
+from tests.support.processes import kill_and_reap, process_gone, tagged_pids
 
 pytestmark = [
     pytest.mark.timeout(240),

@@ -24,12 +24,10 @@ from tests.conftest import DaemonProcess, async_wait_for, mcp_client, scaled
 from tests.e2e.ops_support import (
     ARTIFACTS,
     STEP_S,
-    Browser,
-    Page,
     fetch,
     op_client,
-    require_chromium,
 )
+from tests.support.browser import Browser, Page, require_chromium
 
 pytestmark = [
     pytest.mark.timeout(240),

@@ -9,7 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import DaemonProcess, async_wait_for, free_port, wait_for
-from tests.e2e.reliability_support import health_until, read_health, text_of, ws_mcp_clients
+from tests.e2e.reliability_support import (
+    text_of,
+    ws_mcp_clients,
+)
+from tests.support.health import health_until, read_health
 
 METRICS = "ws_daemon.metrics.jsonl"
 

@@ -24,13 +24,13 @@ from tests.e2e.reliability_support import (
     JsonObj,
     ShimDriver,
     error_of,
-    health_until,
     read_counts,
     shim_drivers,
     tcp_proxy,
     tcp_proxy_started,
     text_of,
 )
+from tests.support.health import health_until
 
 WORKER_LOST = -32052
 UNAVAILABLE = -32054

@@ -12,12 +12,11 @@ from pathlib import Path
 from tests.conftest import ROOT, DaemonProcess, async_wait_for, scaled
 from tests.e2e.reliability_support import (
     ShimDriver,
-    health_until,
-    kill_quietly,
-    process_gone,
     shim_drivers,
     text_of,
 )
+from tests.support.health import health_until
+from tests.support.processes import kill_quietly, process_gone
 
 # The shim is started by an intermediate parent that prints its pid and waits for it;
 # the shim inherits the parent's stdin and stdout (pipes the test holds open).

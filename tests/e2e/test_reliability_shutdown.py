@@ -17,10 +17,10 @@ from tests.e2e.reliability_support import (
     STEP_S,
     JsonObj,
     error_of,
-    health_until,
     text_of,
     ws_mcp_clients,
 )
+from tests.support.health import health_until
 
 SHUTTING_DOWN = -32053
 

@@ -29,12 +29,11 @@ from tests.e2e.reliability_support import (
     COUNTING_ARGS,
     TYPED_CODES,
     ShimDriver,
-    health_until,
     read_counts,
-    read_health,
-    rss_bytes,
     shim_drivers,
 )
+from tests.support.health import health_until, read_health
+from tests.support.processes import rss_bytes
 
 DRIVERS = 12
 SDK_CLIENTS = 4

@@ -18,11 +18,11 @@ from tests.e2e.reliability_support import (
     COUNTING_ARGS,
     JsonObj,
     error_of,
-    health_until,
     shim_drivers,
     text_of,
     ws_mcp_clients,
 )
+from tests.support.health import health_until
 
 WORKER_LOST = -32052
 

@@ -20,7 +20,6 @@ from tests.conftest import DaemonProcess, mcp_client, scaled
 from tests.e2e.sched_support import (
     HOLD_S,
     Files,
-    health_until,
     hold,
     idle,
     marker_state,
@@ -36,6 +35,7 @@ from tests.e2e.sched_support import (
     sched_env,
     start_tagged_daemon,
 )
+from tests.support.health import health_until
 
 pytestmark = pytest.mark.timeout(180)
 

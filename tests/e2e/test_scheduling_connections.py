@@ -19,7 +19,6 @@ from tests.e2e.sched_support import (
     STEP_S,
     Files,
     RawWsClient,
-    health_until,
     idle,
     marker_state,
     marker_until,
@@ -30,6 +29,7 @@ from tests.e2e.sched_support import (
     sched_env,
     start_tagged_daemon,
 )
+from tests.support.health import health_until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -19,7 +19,6 @@ from tests.e2e.sched_support import (
     HOLD_S,
     STEP_S,
     Files,
-    health_until,
     idle,
     marker_state,
     marker_until,
@@ -32,6 +31,7 @@ from tests.e2e.sched_support import (
     sched_env,
     start_tagged_daemon,
 )
+from tests.support.health import health_until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,7 +15,6 @@ from tests.e2e.sched_support import (
     HOLD_S,
     STEP_S,
     Files,
-    health_until,
     idle,
     marker_state,
     metrics_until,
@@ -26,6 +25,7 @@ from tests.e2e.sched_support import (
     sched_env,
     start_tagged_daemon,
 )
+from tests.support.health import health_until
 
 pytestmark = pytest.mark.timeout(180)
 

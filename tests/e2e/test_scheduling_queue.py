@@ -18,7 +18,6 @@ from tests.e2e.sched_support import (
     HOLD_S,
     STEP_S,
     Files,
-    health_until,
     hold,
     idle,
     journal_events,
@@ -32,6 +31,7 @@ from tests.e2e.sched_support import (
     sched_env,
     start_tagged_daemon,
 )
+from tests.support.health import health_until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -535,11 +535,19 @@ async def test_sdk_client_sees_schema_errors_with_the_path(limits_daemon: Daemon
 async def test_limits_daemon_is_still_healthy_and_counted(
     limits_daemon: DaemonProcess, http: aiohttp.ClientSession
 ) -> None:
-    """The shared daemon is alive after all of the above and counts the bad frames."""
+    """The shared daemon stays alive and counts every bad frame it refused."""
     assert limits_daemon.proc.poll() is None
-    async with http.get(f"http://127.0.0.1:{limits_daemon.port}/health") as resp:
+    health_url = f"http://127.0.0.1:{limits_daemon.port}/health"
+    async with http.get(health_url) as resp:
+        before = (await resp.json())["bad_frames"]
+    ws = await open_session(http, limits_daemon, "mcp")
+    async with ws:
+        for payload in (b"{not json", b"[1]", b'{"jsonrpc":"1.0","id":1,"method":"ping"}'):
+            await ws.send_frame(payload, aiohttp.WSMsgType.TEXT)
+            assert "error" in await recv_json(ws)
+    async with http.get(health_url) as resp:
         health = await resp.json()
     assert health["ready"] is True
-    assert health["bad_frames"] >= len(BAD_FRAMES)
+    assert health["bad_frames"] >= before + 3
     async with http.get(f"http://127.0.0.1:{limits_daemon.port}/metrics") as resp:
         assert "exai_bad_frames" in await resp.text()

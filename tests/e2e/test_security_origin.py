@@ -17,13 +17,12 @@ from aiohttp import web
 from broker.settings import SettingsError, load_settings
 from tests.conftest import DaemonProcess, async_wait_for, mcp_client, scaled
 from tests.e2e.security_support import (
-    Chromium,
     connect,
     daemon_logs,
     echo_op,
     recv_json,
-    require_chromium,
 )
+from tests.support.browser import Browser, require_chromium
 
 DaemonFactory = Callable[..., DaemonProcess]
 ALLOWED = "http://allowed.example:8080"
@@ -226,7 +225,7 @@ async def test_browser_page_cannot_reach_the_daemon(
         daemon = daemon_factory(workers=1, env={"EXAI_WS_ALLOWED_ORIGINS": allowed_origin})
         holder["port"] = daemon.port
         result_expr = "document.getElementById('result').textContent"
-        async with asyncio.timeout(scaled(90.0)), Chromium.launch(tmp_path / "chromium") as chrome:
+        async with asyncio.timeout(scaled(90.0)), Browser.launch(tmp_path / "chromium") as chrome:
             raw, echoed = await asyncio.gather(
                 chrome.run_page(f"http://127.0.0.1:{refused_port}/", result_expr),
                 shim_echo(daemon, "shim during the browser attack"),
