@@ -1,4 +1,5 @@
-"""WebSocket load clients, one connection each: the op dialect and MCP over WebSocket."""
+"""WebSocket load clients, one connection each: the op dialect, MCP over WebSocket, and
+the raw-echo baseline (a text frame out, the same frame back, no protocol at all)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import orjson
 
 from benchmarks.closedloop import ClientGone
 from benchmarks.dialects import (
-    echo_arguments,
+    BAD_RESULT,
+    Scenario,
     mcp_call,
     mcp_outcome,
     op_call,
@@ -18,7 +20,7 @@ from benchmarks.dialects import (
     op_outcome,
 )
 
-__all__ = ["McpWsClient", "OpWsClient"]
+__all__ = ["McpWsClient", "OpWsClient", "RawWsClient"]
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 _DATA_TYPES = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
@@ -27,12 +29,15 @@ _DATA_TYPES = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
 class _WsClient:
     protocols: tuple[str, ...] = ()
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, text: str, name: str) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, url: str, scenario: Scenario, name: str
+    ) -> None:
         self.http = http
         self.url = url
-        self.text = text
+        self.text = scenario.expected_text
+        self.tool = scenario.tool
         self.name = name
-        self.arguments_json = echo_arguments(text)
+        self.arguments_json = scenario.arguments_json
         self.sent = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
 
@@ -45,16 +50,21 @@ class _WsClient:
             autoping=True,
         )
 
-    async def receive(self) -> dict[str, Any]:
+    async def receive_raw(self) -> str | bytes:
         ws = self._ws
         if ws is None:
             raise ClientGone("not connected")
         msg = await ws.receive()
         if msg.type not in _DATA_TYPES:
             raise ClientGone(f"websocket {msg.type.name}, close code {ws.close_code}")
-        frame = orjson.loads(msg.data)
+        data: str | bytes = msg.data
+        return data
+
+    async def receive(self) -> dict[str, Any]:
+        data = await self.receive_raw()
+        frame = orjson.loads(data)
         if not isinstance(frame, dict):
-            raise ClientGone(f"unexpected frame {msg.data[:200]!r}")
+            raise ClientGone(f"unexpected frame {data[:200]!r}")
         return frame
 
     async def send(self, frame: str) -> None:
@@ -85,7 +95,7 @@ class OpWsClient(_WsClient):
     async def call(self) -> str | None:
         self.sent += 1
         request_id = f"r{self.sent}"
-        await self.send(op_call(request_id, self.arguments_json))
+        await self.send(op_call(request_id, self.arguments_json, self.tool))
         while True:
             frame = await self.receive()
             answer_id = frame.get("request_id")
@@ -104,9 +114,17 @@ class McpWsClient(_WsClient):
     async def call(self) -> str | None:
         self.sent += 1
         request_id = self.sent
-        await self.send(mcp_call(request_id, self.arguments_json))
+        await self.send(mcp_call(request_id, self.arguments_json, self.tool))
         while True:
             frame = await self.receive()
             if frame.get("id") == request_id:
                 return mcp_outcome(frame, self.text)
             # notifications, or a late answer to a call we gave up on.
+
+
+class RawWsClient(_WsClient):
+    """Baseline: the echo text as one text frame to a bare aiohttp echo server, and back."""
+
+    async def call(self) -> str | None:
+        await self.send(self.text)
+        return None if await self.receive_raw() == self.text else BAD_RESULT

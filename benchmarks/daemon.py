@@ -20,7 +20,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DaemonError", "DaemonProcess", "attached_daemon", "running_daemon"]
+__all__ = [
+    "DaemonError",
+    "DaemonProcess",
+    "attached_daemon",
+    "running_daemon",
+    "running_echo_server",
+]
 
 HEALTH_FILE = "ws_daemon.health.json"
 START_TIMEOUT_S = 30.0
@@ -149,3 +155,30 @@ def attached_daemon(port: int, log_dir: Path) -> Iterator[DaemonProcess]:
     except (OSError, ValueError, KeyError) as exc:
         raise DaemonError(f"no daemon answering GET /health on 127.0.0.1:{port}: {exc}") from exc
     yield probe
+
+
+@contextlib.contextmanager
+def running_echo_server(log_dir: Path, cwd: Path) -> Iterator[tuple[int, int]]:
+    """Run the raw-ws baseline (`python -m benchmarks.echo_server`); yields (pid, port)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "echo_server.stderr", "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.echo_server"],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        try:
+            port = int(json.loads(line)["port"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DaemonError(f"echo server did not start ({line!r}); see {log_dir}") from exc
+        yield proc.pid, port
+    finally:
+        stop(proc, grace_s=5.0)
+        if proc.stdout is not None:
+            proc.stdout.close()

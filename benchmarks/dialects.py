@@ -7,6 +7,8 @@ None for a good echo, otherwise the error code to count.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 import orjson
@@ -14,6 +16,8 @@ import orjson
 __all__ = [
     "BAD_RESULT",
     "MCP_INITIALIZED",
+    "SCENARIOS",
+    "Scenario",
     "echo_arguments",
     "echo_text",
     "mcp_call",
@@ -22,6 +26,7 @@ __all__ = [
     "op_call",
     "op_hello",
     "op_outcome",
+    "scenario",
 ]
 
 BAD_RESULT = "BAD_RESULT"  # the call succeeded but did not echo our text back
@@ -40,22 +45,57 @@ def echo_arguments(text: str) -> str:
     return orjson.dumps({"text": text}).decode()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scenario:
+    """What every call of a cell asks for, and the text a good answer carries."""
+
+    name: str
+    tool: str
+    arguments_json: str
+    expected_text: str
+    nominal_ms: float = 0.0  # time the tool itself is meant to take (sleep, cpu)
+    payload_bytes: int = 0  # echo text size; 0 for the other tools
+
+    @property
+    def is_echo(self) -> bool:
+        return self.tool == "echo"
+
+
+SCENARIOS = ("echo100", "echo64k", "sleep50", "cpu")
+_ECHO_NAME = re.compile(r"echo(\d+)(k?)")
+
+
+def scenario(name: str) -> Scenario:
+    """`echo<N>` / `echo<N>k` (N bytes / KiB of text), `sleep50` (0.05 s), `cpu` (20 ms)."""
+    match = _ECHO_NAME.fullmatch(name)
+    if match:
+        size = int(match.group(1)) * (1024 if match.group(2) else 1)
+        text = echo_text(size)
+        return Scenario(name, "echo", echo_arguments(text), text, 0.0, size)
+    if name == "sleep50":
+        arguments = orjson.dumps({"seconds": 0.05, "steps": 1}).decode()
+        return Scenario(name, "sleep", arguments, "slept 0.05", 50.0)
+    if name == "cpu":
+        return Scenario(name, "cpu", orjson.dumps({"ms": 20}).decode(), "burned 20 ms", 20.0)
+    raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)} or echo<N>[k]")
+
+
 def op_hello(session_id: str) -> str:
     return orjson.dumps({"op": "hello", "session_id": session_id}).decode()
 
 
-def op_call(request_id: str, arguments_json: str) -> str:
+def op_call(request_id: str, arguments_json: str, tool: str = "echo") -> str:
     # Spliced rather than re-encoded per call: the client should cost as little as possible.
     return (
-        f'{{"op":"call_tool","request_id":"{request_id}","name":"echo",'
+        f'{{"op":"call_tool","request_id":"{request_id}","name":"{tool}",'
         f'"arguments":{arguments_json}}}'
     )
 
 
-def mcp_call(request_id: int, arguments_json: str) -> str:
+def mcp_call(request_id: int, arguments_json: str, tool: str = "echo") -> str:
     return (
         f'{{"jsonrpc":"2.0","id":{request_id},"method":"tools/call",'
-        f'"params":{{"name":"echo","arguments":{arguments_json}}}}}'
+        f'"params":{{"name":"{tool}","arguments":{arguments_json}}}}}'
     )
 
 

@@ -21,15 +21,17 @@ from typing import Any
 import aiohttp
 import orjson
 
-from benchmarks.clients import McpWsClient, OpWsClient
+from benchmarks.clients import McpWsClient, OpWsClient, RawWsClient
 from benchmarks.closedloop import LoadClient, LoopResult, Window, drive
-from benchmarks.dialects import echo_text
+from benchmarks.dialects import scenario
 from benchmarks.procstat import total_cpu_seconds
 from benchmarks.shimclient import ShimClient, shim_environment
 
-__all__ = ["MODES", "GeneratorConfig", "main"]
+__all__ = ["BASELINE_MODES", "MODES", "SDK_STDIO_ARGS", "GeneratorConfig", "main"]
 
-MODES = ("ws-op", "ws-mcp", "shim")
+MODES = ("raw-ws", "ws-op", "ws-mcp", "sdk-stdio", "shim")
+BASELINE_MODES = ("raw-ws", "sdk-stdio")  # no broker involved
+SDK_STDIO_ARGS = ("-m", "benchmarks.stdio_echo_server")
 OPEN_FAILED = "OPEN_FAILED"
 
 
@@ -37,8 +39,8 @@ OPEN_FAILED = "OPEN_FAILED"
 class GeneratorConfig:
     mode: str
     clients: int
-    port: int
-    payload_bytes: int
+    port: int  # the daemon's, or the raw echo server's for raw-ws
+    scenario: str
     warmup_s: float
     duration_s: float
     call_timeout_s: float
@@ -55,21 +57,19 @@ def _emit(event: dict[str, Any]) -> None:
 
 
 def _make_clients(config: GeneratorConfig, http: aiohttp.ClientSession) -> list[LoadClient]:
-    text = echo_text(config.payload_bytes)
+    plan = scenario(config.scenario)
     url = f"ws://127.0.0.1:{config.port}/"
     tag = uuid.uuid4().hex[:8]
+    names = [f"bench-{tag}-{config.index}-{i}" for i in range(config.clients)]
+    if config.mode == "raw-ws":
+        return [RawWsClient(http, url, plan, name) for name in names]
     if config.mode == "ws-op":
-        return [
-            OpWsClient(http, url, text, f"bench-{tag}-{config.index}-{i}")
-            for i in range(config.clients)
-        ]
+        return [OpWsClient(http, url, plan, name) for name in names]
     if config.mode == "ws-mcp":
-        return [
-            McpWsClient(http, url, text, f"bench-{tag}-{config.index}-{i}")
-            for i in range(config.clients)
-        ]
+        return [McpWsClient(http, url, plan, name) for name in names]
     env = shim_environment(config.port)
-    return [ShimClient(env, config.repo_root, text) for _ in range(config.clients)]
+    args = SDK_STDIO_ARGS if config.mode == "sdk-stdio" else ("-m", "shim")
+    return [ShimClient(env, config.repo_root, plan, args) for _ in range(config.clients)]
 
 
 def _child_pids(clients: Sequence[LoadClient]) -> list[int]:

@@ -1,7 +1,9 @@
-"""`python -m benchmarks.load`: closed-loop echo load through every way into the daemon.
+"""`python -m benchmarks.load`: closed-loop load through every way into the daemon.
 
-One daemon (started here, own process group, diagnostic tools on) serves the whole
-run; each cell is one mode at one concurrency, run by separate generator processes.
+One daemon per worker count (started here, own process group, diagnostic tools on)
+serves the cells; each cell is one scenario, one mode at one concurrency, run by separate
+generator processes. Baselines without the broker (a raw aiohttp WebSocket echo server,
+the mcp SDK's own stdio server) run in the same run so every figure has a ratio.
 Prints a table and writes the same rows, with machine info, as JSON.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -16,9 +19,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from benchmarks.daemon import DaemonError, DaemonProcess, attached_daemon, running_daemon
-from benchmarks.generator import MODES
-from benchmarks.report import format_table, machine_info, write_json
+from benchmarks.daemon import (
+    DaemonError,
+    DaemonProcess,
+    attached_daemon,
+    running_daemon,
+    running_echo_server,
+)
+from benchmarks.dialects import SCENARIOS, scenario
+from benchmarks.generator import BASELINE_MODES, MODES, SDK_STDIO_ARGS
+from benchmarks.probes import idle_sessions, startup
+from benchmarks.report import (
+    add_ratios,
+    format_extras,
+    format_table,
+    machine_info,
+    scaling,
+    write_chart,
+    write_json,
+)
 from benchmarks.runner import CellPlan, run_cell
 
 __all__ = ["main", "run"]
@@ -47,15 +66,46 @@ def _modes(text: str) -> list[str]:
     return values
 
 
+def _scenarios(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        for value in values:
+            scenario(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if not values:
+        raise argparse.ArgumentTypeError(f"scenarios are {', '.join(SCENARIOS)}; got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__)
     add = parser.add_argument
     add("--clients", type=_int_list, help="concurrency list (default 1,8,64; --quick 1,8)")
-    add("--modes", type=_modes, default=list(MODES), help="ws-op,ws-mcp,shim (default all)")
+    add("--modes", type=_modes, default=list(MODES), help=f"{','.join(MODES)} (default all)")
+    add(
+        "--scenario",
+        type=_scenarios,
+        help="echo100,echo64k,sleep50,cpu or echo<N>[k] (default echo<--payload>, i.e. echo100)",
+    )
     add("--duration", type=float, help="seconds measured per cell (default 5; --quick 2)")
     add("--warmup", type=float, default=1.0, help="seconds of unmeasured calls first (1)")
     add("--workers", type=int, default=4, help="daemon worker processes (4)")
-    add("--payload", type=int, default=100, help="bytes of echo text per call (100)")
+    add(
+        "--workers-list",
+        type=_int_list,
+        help="rerun every cell per worker count, a fresh daemon each (e.g. 1,2,4)",
+    )
+    add("--payload", type=int, default=100, help="bytes of echo text for the default scenario")
+    add("--startup", type=int, default=0, metavar="N", help="time N shim start-ups (0: off)")
+    add(
+        "--idle-sessions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="open N idle WS sessions and report daemon + workers RSS per session (0: off)",
+    )
+    add("--png", type=Path, help="also draw calls/s as a PNG chart (needs matplotlib)")
     add("--procs", type=int, default=1, help="generator processes per cell (1)")
     add(
         "--session-cap",
@@ -82,38 +132,117 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plans(args: argparse.Namespace) -> list[CellPlan]:
+def _worker_counts(args: argparse.Namespace) -> list[int | None]:
+    if args.attach:
+        return [None]
+    return list(args.workers_list or [args.workers])
+
+
+def _plans(args: argparse.Namespace, workers: int | None, first: bool) -> list[CellPlan]:
+    """The cells for one daemon. Baselines do not involve the daemon: they run with the
+    first worker count only; raw-ws only echoes, so it runs for echo scenarios only."""
     clients = args.clients or ([1, 8] if args.quick else [1, 8, 64])
     duration_s = args.duration or (2.0 if args.quick else 5.0)
+    scenarios = args.scenario or [f"echo{args.payload}"]
     return [
         CellPlan(
             mode=mode,
             clients=c,
             procs=args.procs,
-            payload_bytes=args.payload,
+            scenario=name,
             warmup_s=args.warmup,
             duration_s=duration_s,
             call_timeout_s=args.call_timeout,
+            workers=None if mode in BASELINE_MODES else workers,
         )
+        for name in scenarios
         for mode in args.modes
         for c in clients
+        if (first or mode not in BASELINE_MODES) and (mode != "raw-ws" or scenario(name).is_echo)
     ]
 
 
+class Progress:
+    """A progress bar over the cells (tqdm), with one summary line per finished cell."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, unit="cell", file=sys.stderr, dynamic_ncols=True)
+
+    def start(self, plan: CellPlan) -> None:
+        self._bar.set_description(_label(plan).strip())
+
+    def finish(self, plan: CellPlan, row: dict[str, Any]) -> None:
+        idle = "" if row["daemon"]["idle_after"] else "  (daemon NOT idle afterwards)"
+        self._bar.write(
+            f"{_label(plan)} {row['calls_per_s']:9.0f} calls/s"
+            f"  p50 {row['latency_ms']['p50'] or 0:.2f} ms  errors {row['error_count']}{idle}",
+            file=sys.stderr,
+        )
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _label(plan: CellPlan) -> str:
+    workers = "-" if plan.workers is None else str(plan.workers)
+    return f"{plan.scenario:8} w={workers:2} {plan.mode:9} c={plan.clients:<4}"
+
+
 async def _run_cells(
-    plans: Sequence[CellPlan], daemon: DaemonProcess, log_dir: Path
+    plans: Sequence[CellPlan],
+    daemon: DaemonProcess,
+    log_dir: Path,
+    echo_server: tuple[int, int] | None,
+    progress: Progress,
 ) -> list[dict[str, Any]]:
     rows = []
     for plan in plans:
-        row = await run_cell(plan, daemon, REPO_ROOT, log_dir)
+        progress.start(plan)
+        row = await run_cell(plan, daemon, REPO_ROOT, log_dir, echo_server)
         rows.append(row)
-        idle = "" if row["daemon"]["idle_after"] else "  (daemon NOT idle afterwards)"
-        print(
-            f"  {plan.mode:7} c={plan.clients:<4} {row['calls_per_s']:9.0f} calls/s"
-            f"  p50 {row['latency_ms']['p50'] or 0:.2f} ms  errors {row['error_count']}{idle}",
-            file=sys.stderr,
-            flush=True,
-        )
+        progress.finish(plan, row)
+    return rows
+
+
+async def _probes(args: argparse.Namespace, daemon: DaemonProcess, extras: dict[str, Any]) -> None:
+    if args.startup > 0:
+        print(f"startup: {args.startup} spawns of shim and sdk-stdio", file=sys.stderr)
+        extras["startup"] = [
+            await startup(daemon.port, REPO_ROOT, args.startup, ("-m", "shim")),
+            await startup(daemon.port, REPO_ROOT, args.startup, SDK_STDIO_ARGS),
+        ]
+    if args.idle_sessions > 0:
+        print(f"idle sessions: opening {args.idle_sessions}", file=sys.stderr, flush=True)
+        extras["idle_sessions"] = await idle_sessions(daemon, args.idle_sessions)
+
+
+def _run_all(
+    args: argparse.Namespace, env: dict[str, str], log_dir: Path, extras: dict[str, Any]
+) -> list[dict[str, Any]]:
+    counts = _worker_counts(args)
+    plans = {w: _plans(args, w, i == 0) for i, w in enumerate(counts)}
+    progress = Progress(sum(len(p) for p in plans.values()))
+    rows: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(progress.close)
+        echo_server = None
+        if "raw-ws" in args.modes:
+            echo_server = stack.enter_context(running_echo_server(log_dir, REPO_ROOT))
+        for i, workers in enumerate(counts):
+            if workers is None:
+                target = attached_daemon(args.attach, log_dir)
+            else:
+                where = log_dir / f"workers-{workers}" if len(counts) > 1 else log_dir
+                target = running_daemon(workers, where, env, REPO_ROOT)
+            with target as daemon:
+                rows += asyncio.run(
+                    _run_cells(plans[workers], daemon, log_dir, echo_server, progress)
+                )
+                if i == 0:
+                    asyncio.run(_probes(args, daemon, extras))
     return rows
 
 
@@ -130,21 +259,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO_ROOT / "benchmarks" / "out" / f"load-{stamp}.json"
     log_dir = out.with_suffix(".logs")
-    plans = _plans(args)
     env = {
         "EXAI_WS_SESSION_MAX_INFLIGHT": str(args.session_cap),
         "EXAI_WS_GLOBAL_MAX_INFLIGHT": str(args.global_cap),
     }
-    who = f"daemon on port {args.attach}" if args.attach else f"daemon with {args.workers} workers"
-    print(f"{len(plans)} cells, {who}; logs in {log_dir}", file=sys.stderr, flush=True)
-    target = (
-        attached_daemon(args.attach, log_dir)
+    if args.idle_sessions:
+        # Room for the idle sessions above the product's 512 connections.
+        env["EXAI_WS_MAX_CONNECTIONS"] = str(max(512, args.idle_sessions + 64))
+    counts = _worker_counts(args)
+    who = (
+        f"daemon on port {args.attach}"
         if args.attach
-        else running_daemon(args.workers, log_dir, env, REPO_ROOT)
+        else f"daemon with {'/'.join(str(c) for c in counts)} workers"
     )
+    print(f"{who}; logs in {log_dir}", file=sys.stderr, flush=True)
+    extras: dict[str, Any] = {}
     try:
-        with target as daemon:
-            rows = asyncio.run(_run_cells(plans, daemon, log_dir))
+        rows = _run_all(args, env, log_dir, extras)
+        add_ratios(rows)
     except DaemonError as exc:
         print(f"benchmark: {exc}", file=sys.stderr)
         return EXIT_DAEMON
@@ -159,9 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "load",
         "machine": machine_info(REPO_ROOT),
         "config": {
-            "workers": None if args.attach else args.workers,
+            "workers": None if args.attach else _worker_counts(args),
             "attached_port": args.attach,
-            "payload_bytes": args.payload,
+            "scenarios": sorted({row["scenario"] for row in rows}),
             "procs": args.procs,
             "warmup_s": args.warmup,
             "session_cap": args.session_cap,
@@ -169,13 +301,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             "call_timeout_s": args.call_timeout,
             "log_dir": str(log_dir),
             "notes": "calls_per_s and latency count good calls only; cpu is % of one core "
-            "over the measurement window",
+            "over the measurement window; ratio_raw_ws / ratio_sdk_stdio: calls_per_s over "
+            "that baseline at the same scenario and clients; for raw-ws the daemon cpu "
+            "column is the echo server's; sdk-stdio servers count as client cpu",
         },
         "rows": rows,
+        **extras,
+        "scaling": scaling(rows),
     }
     write_json(out, document)
     print(format_table(rows))
+    extra_lines = format_extras(document)
+    if extra_lines:
+        print(f"\n{extra_lines}")
     print(f"\nJSON: {out}")
+    if args.png:
+        drawn = write_chart(args.png, rows)
+        print(f"chart: {args.png}" if drawn else "chart: matplotlib not importable, skipped")
     return 0
 
 

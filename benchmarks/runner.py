@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from benchmarks.daemon import DaemonProcess
+from benchmarks.dialects import scenario
 from benchmarks.generator import GeneratorConfig
 from benchmarks.procstat import machine_busy_seconds, total_cpu_seconds
 from benchmarks.stats import summarise
@@ -30,6 +31,8 @@ __all__ = ["CellPlan", "run_cell", "split_clients"]
 START_DELAY_S = 0.3  # between "everyone is ready" and the common start
 READY_TIMEOUT_S = 30.0
 READY_TIMEOUT_PER_CLIENT_S = 0.5  # shims start one Python process each
+# The mcp SDK server imports far more (about 1 s of CPU each), all at once per cell.
+READY_TIMEOUT_PER_CLIENT_S_BY_MODE = {"sdk-stdio": 3.0}
 IDLE_TIMEOUT_S = 10.0
 STREAM_LIMIT_BYTES = 256 * 1024 * 1024
 
@@ -39,10 +42,20 @@ class CellPlan:
     mode: str
     clients: int
     procs: int
-    payload_bytes: int
+    scenario: str
     warmup_s: float
     duration_s: float
     call_timeout_s: float
+    workers: int | None = None  # the daemon's worker count, for the row
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Target:
+    """Where a cell's clients connect and whose CPU counts as "daemon" / "workers"."""
+
+    port: int
+    server_pid: int | None  # None: no server of ours to watch (sdk-stdio: the clients' own)
+    worker_pids: list[int]
 
 
 def split_clients(clients: int, procs: int) -> list[int]:
@@ -96,7 +109,7 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _sample_cpu(
-    daemon: DaemonProcess, worker_pids: list[int], window: tuple[float, float]
+    server_pid: int | None, worker_pids: list[int], window: tuple[float, float]
 ) -> dict[str, float | None]:
     """Daemon, worker and whole-machine CPU over the window, in % of one core."""
     marks: list[tuple[float | None, ...]] = []
@@ -104,7 +117,7 @@ async def _sample_cpu(
         await asyncio.sleep(max(0.0, at - time.time()))
         marks.append(
             (
-                total_cpu_seconds([daemon.pid]),
+                total_cpu_seconds([server_pid] if server_pid else []),
                 total_cpu_seconds(worker_pids),
                 machine_busy_seconds(),
             )
@@ -138,11 +151,27 @@ async def _wait_idle(daemon: DaemonProcess) -> dict[str, Any]:
 
 
 async def run_cell(
-    plan: CellPlan, daemon: DaemonProcess, repo_root: Path, log_dir: Path
+    plan: CellPlan,
+    daemon: DaemonProcess,
+    repo_root: Path,
+    log_dir: Path,
+    echo_server: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Run the cell and return its row (summary, CPU, daemon state after)."""
+    """Run the cell and return its row (summary, CPU, daemon state after).
+
+    `echo_server` is (pid, port) of the raw-ws baseline server, needed for that mode;
+    its CPU then fills the "daemon" column. For sdk-stdio the servers are the clients'
+    children and their CPU is in the client column.
+    """
     before = await asyncio.to_thread(daemon.health)
     worker_pids = [w["pid"] for w in before["workers"] if w.get("pid")]
+    target = Target(daemon.port, daemon.pid, worker_pids)
+    if plan.mode == "raw-ws":
+        if echo_server is None:
+            raise RuntimeError("raw-ws needs the echo server")
+        target = Target(echo_server[1], echo_server[0], [])
+    elif plan.mode == "sdk-stdio":
+        target = Target(daemon.port, None, [])
     counts = split_clients(plan.clients, plan.procs)
     procs: list[asyncio.subprocess.Process] = []
     logs: list[Path] = []
@@ -151,17 +180,19 @@ async def run_cell(
             config = GeneratorConfig(
                 mode=plan.mode,
                 clients=count,
-                port=daemon.port,
-                payload_bytes=plan.payload_bytes,
+                port=target.port,
+                scenario=plan.scenario,
                 warmup_s=plan.warmup_s,
                 duration_s=plan.duration_s,
                 call_timeout_s=plan.call_timeout_s,
                 repo_root=str(repo_root),
                 index=index,
             )
-            logs.append(log_dir / f"generator-{plan.mode}-c{plan.clients}-{index}.log")
+            name = f"generator-{plan.scenario}-w{plan.workers}-{plan.mode}-c{plan.clients}"
+            logs.append(log_dir / f"{name}-{index}.log")
             procs.append(await _spawn(config, logs[-1]))
-        ready_timeout_s = READY_TIMEOUT_S + READY_TIMEOUT_PER_CLIENT_S * plan.clients
+        per_client_s = READY_TIMEOUT_PER_CLIENT_S_BY_MODE.get(plan.mode, READY_TIMEOUT_PER_CLIENT_S)
+        ready_timeout_s = READY_TIMEOUT_S + per_client_s * plan.clients
         pairs = list(zip(procs, logs, strict=True))
         readies = await asyncio.gather(
             *(_read_event(p, "ready", ready_timeout_s, log) for p, log in pairs)
@@ -172,7 +203,8 @@ async def run_cell(
             p.stdin.write(orjson.dumps({"start_at": start_at}) + b"\n")
             await p.stdin.drain()
         window_start = start_at + plan.warmup_s
-        cpu = await _sample_cpu(daemon, worker_pids, (window_start, window_start + plan.duration_s))
+        window = (window_start, window_start + plan.duration_s)
+        cpu = await _sample_cpu(target.server_pid, target.worker_pids, window)
         result_timeout_s = plan.call_timeout_s + 30.0
         results = await asyncio.gather(
             *(_read_event(p, "result", result_timeout_s, log) for p, log in pairs)
@@ -202,16 +234,22 @@ def _row(
         values = [r[key] for r in results if r.get(key) is not None]
         return 100.0 * sum(values) / span_s if values else None
 
+    summary = summarise(latencies, errors, plan.duration_s)
+    p99 = summary["latency_ms"]["p99"]
+    nominal_ms = scenario(plan.scenario).nominal_ms
     daemon_errors = Counter(after["errors_by_code"])
     daemon_errors.subtract(before["errors_by_code"])
     return {
         "mode": plan.mode,
+        "scenario": plan.scenario,
+        "workers": plan.workers,
         "clients": plan.clients,
         "procs": len(results),
         "duration_s": plan.duration_s,
         "warmup_s": plan.warmup_s,
-        "payload_bytes": plan.payload_bytes,
-        **summarise(latencies, errors, plan.duration_s),
+        **summary,
+        # p99 minus what the tool itself takes (sleep 50 ms, cpu 20 ms); None for echo.
+        "overhead_p99_ms": p99 - nominal_ms if nominal_ms and p99 is not None else None,
         "clients_opened": sum(r["opened"] for r in readies),
         "clients_gone": sum(r["clients_gone"] for r in results),
         "cpu": _cpu(cpu, pct_sum("cpu_s"), pct_sum("children_cpu_s"), len(latencies) / span_s),

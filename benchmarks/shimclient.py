@@ -1,4 +1,5 @@
-"""A load client that is a real `python -m shim` process driven over its stdin/stdout."""
+"""A load client that is a real `python -m shim` process driven over its stdin/stdout
+(or, as the no-broker baseline, any other stdio MCP server started the same way)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -13,7 +15,7 @@ import orjson
 from benchmarks.closedloop import ClientGone
 from benchmarks.dialects import (
     MCP_INITIALIZED,
-    echo_arguments,
+    Scenario,
     mcp_call,
     mcp_initialize,
     mcp_outcome,
@@ -24,6 +26,7 @@ __all__ = ["ShimClient", "shim_environment"]
 LINE_LIMIT_BYTES = 64 * 1024 * 1024
 CLOSE_GRACE_S = 3.0
 INITIALIZE_ID = 0
+SHIM_ARGS = ("-m", "shim")
 
 
 def shim_environment(port: int) -> dict[str, str]:
@@ -36,11 +39,19 @@ def shim_environment(port: int) -> dict[str, str]:
 class ShimClient:
     """Spawns one shim; `open` runs the MCP initialize handshake through it."""
 
-    def __init__(self, env: dict[str, str], cwd: str, text: str) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        cwd: str,
+        scenario: Scenario,
+        args: Sequence[str] = SHIM_ARGS,
+    ) -> None:
         self.env = env
         self.cwd = cwd
-        self.text = text
-        self.arguments_json = echo_arguments(text)
+        self.args = tuple(args)
+        self.text = scenario.expected_text
+        self.tool = scenario.tool
+        self.arguments_json = scenario.arguments_json
         self.sent = INITIALIZE_ID
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -52,8 +63,7 @@ class ShimClient:
         # stderr is inherited: the generator's log file collects every shim's complaints.
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "shim",
+            *self.args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=self.env,
@@ -69,7 +79,7 @@ class ShimClient:
     async def call(self) -> str | None:
         self.sent += 1
         request_id = self.sent
-        await self._send(mcp_call(request_id, self.arguments_json))
+        await self._send(mcp_call(request_id, self.arguments_json, self.tool))
         return mcp_outcome(await self._answer(request_id), self.text)
 
     async def _send(self, line: str) -> None:
