@@ -5,9 +5,7 @@ with no daemon to talk to.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
@@ -22,6 +20,7 @@ import pytest
 
 from broker import __version__
 from tests.conftest import DaemonProcess, base_env, free_port, scaled, wait_for
+from tests.e2e.ops_support import run_cli
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="checks processes in /proc")
 
@@ -39,27 +38,7 @@ def run_broker(
     cwd: Path, env: dict[str, str], *args: str, timeout_s: float = 15.0
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -m broker` to completion; kill its process group if it does not exit."""
-    argv = [sys.executable, "-m", "broker", *args]
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=scaled(timeout_s))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"broker did not exit within {timeout_s} s:\n{err}") from None
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return run_cli(["-m", "broker", *args], env, cwd, timeout_s=timeout_s)
 
 
 def broker_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
