@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import logging.handlers
 import sys
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-calls-per-worker",
         help="recycle a worker after about this many calls, draining it first (0 = never)",
+    )
+    parser.add_argument(
+        "--pool",
+        help="where the workers run: local (processes here, default), ray (a private "
+        "Ray cluster on 127.0.0.1) or ray:ADDRESS (join a Ray cluster) (EXAI_POOL)",
     )
     parser.add_argument("--env-file", help="read settings from this .env file (default ./.env)")
     parser.add_argument("--version", action="version", version=f"exai-broker {__version__}")
@@ -148,6 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(environ, vars(args))
     except SettingsError as exc:
         print(f"exai-broker: invalid setting: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if settings.pool != "local" and importlib.util.find_spec("ray") is None:
+        from workers.ray_pool import ray_missing_message
+
+        print(f"exai-broker: {ray_missing_message(settings.pool)}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings)
     from broker.daemon import Daemon

@@ -558,5 +558,6 @@ def _worker_error(result: Result, tool: str) -> BrokerError:
     }
     kind = kinds.get(result.error_code, BrokerError)
     if kind is OverCapacity:
-        return OverCapacity(message, scope="global", provider=None, retry_after_ms=1000)
+        scope = "provider" if result.provider else "global"
+        return OverCapacity(message, scope=scope, provider=result.provider, retry_after_ms=1000)
     return kind(message, tool=tool)

@@ -81,7 +81,8 @@ class Daemon:
         )
         overrides = worker_overrides(settings)
         self.supervisor = Supervisor(
-            size=settings.workers,
+            # A Ray pool is one bridge process that spreads calls over its own actors.
+            size=settings.workers if settings.pool == "local" else 1,
             env=worker_environment(self.environ, overrides),
             on_ready=self._worker_ready,
             on_message=lambda w, m: self.calls.handle_worker_message(w, m),
@@ -289,6 +290,7 @@ class Daemon:
                 "global": settings.global_max_inflight,
                 "providers": dict(settings.provider_caps),
             },
+            "pool": settings.pool,
             "workers": [
                 {
                     "slot": w.slot,

@@ -75,6 +75,8 @@ class Result(msgspec.Struct, tag="result", array_like=True, frozen=True):
     error_code: str | None = None
     error_message: str | None = None
     is_error: bool = False
+    # For OVER_CAPACITY from a cap the pool enforces itself (a cluster-wide provider cap).
+    provider: str | None = None
 
 
 class Progress(msgspec.Struct, tag="progress", array_like=True, frozen=True):

@@ -81,6 +81,9 @@ class Settings:
     session_idle_timeout_s: float = 600.0
     session_instances_max: int = 16
     model_tools: tuple[str, ...] = ()
+    pool: str = "local"
+    ray_lease_ttl_s: float = 15.0
+    ray_actor_cpus: float = 0.0
 
     @property
     def url(self) -> str:
@@ -189,6 +192,14 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _pool(raw: str) -> str:
+    value = raw.strip()
+    kind, sep, address = value.partition(":")
+    if value in ("local", "ray") or (kind == "ray" and sep and address.strip()):
+        return value
+    raise ValueError("expected local, ray, or ray:ADDRESS (a Ray cluster, e.g. ray:10.0.0.5:6379)")
+
+
 def _names(raw: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in raw.split(",") if n.strip())
 
@@ -236,6 +247,9 @@ _DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_SESSION_IDLE_TIMEOUT": ("session_idle_timeout_s", _float(0, exclusive=True)),
     "EXAI_SESSION_INSTANCES_MAX": ("session_instances_max", _int(1)),
     "EXAI_MODEL_TOOLS": ("model_tools", _names),
+    "EXAI_POOL": ("pool", _pool),
+    "EXAI_RAY_LEASE_TTL": ("ray_lease_ttl_s", _float(1)),
+    "EXAI_RAY_ACTOR_CPUS": ("ray_actor_cpus", _float(0)),
 }
 
 _SHIM_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -261,6 +275,7 @@ CLI_TO_ENV = {
     "max_calls_per_worker": "EXAI_MAX_CALLS_PER_WORKER",
     "server_cmd": "EXAI_SERVER_CMD",
     "isolation": "EXAI_ISOLATION",
+    "pool": "EXAI_POOL",
 }
 
 

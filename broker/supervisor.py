@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +25,8 @@ from broker.ipc import Cancel, Heartbeat, Ready, Shutdown, WorkerMessage
 __all__ = ["PoolFailure", "Supervisor", "WorkerHandle"]
 
 log = logging.getLogger("broker.supervisor")
+
+_POSIX = sys.platform != "win32"
 
 # A worker that exits before Ready this many times in a row means the configuration
 # is broken (bad --server, missing dependency): restarting would only loop.
@@ -237,6 +240,10 @@ class Supervisor:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                # Its own process group: what the worker starts (a hosted server, a
+                # private Ray cluster) can be cleaned up with it, and a terminal's
+                # Ctrl+C reaches only the broker, which stops the workers in order.
+                start_new_session=_POSIX,
             )
         except OSError as exc:
             self._fail(f"cannot start worker process {self._command[0]}: {exc}")
@@ -262,6 +269,11 @@ class Supervisor:
         handle._stdin = None
         if handle.transport is not None:
             handle.transport.close()
+        if _POSIX and handle.pid is not None:
+            # Whatever the worker left running goes with it, even after a kill -9 that
+            # gave it no chance to stop its own children.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(handle.pid, signal.SIGKILL)
         level = logging.INFO if self._stopping or planned else logging.WARNING
         log.log(
             level,
@@ -375,10 +387,8 @@ def _describe_exit(returncode: int | None) -> str:
         return "unknown status"
     if returncode < 0:
         try:
-            import signal
-
             return f"signal {signal.Signals(-returncode).name}"
-        except (ValueError, ImportError):
+        except ValueError:
             return f"signal {-returncode}"
     return f"code {returncode}"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -29,14 +30,7 @@ from broker.ipc import (
 )
 from broker.protocol import ErrorCode
 from broker.settings import SettingsError, load_settings
-from workers.host import (
-    ToolContext,
-    ToolServer,
-    error_result,
-    load_tool_server,
-    to_call_tool_result,
-)
-from workers.mcp_host import HostedError
+from workers.host import ToolContext, ToolServer, load_tool_server, settle
 from workers.pipes import IpcPipes, take_ipc_stdout
 
 __all__ = ["Worker", "main"]
@@ -108,19 +102,19 @@ class Worker:
                 call.model,
                 self.progress_sink(call.call_id) if call.want_progress else None,
             )
-            value = await self.server.call(call.tool, arguments, ctx)
-            result = to_call_tool_result(value)
-            self.send(Result(call.call_id, orjson.dumps(result), is_error=bool(result["isError"])))
+            result, error = await settle(self.server, call.tool, arguments, ctx)
+            if result is not None:
+                self.send(
+                    Result(call.call_id, orjson.dumps(result), is_error=bool(result["isError"]))
+                )
+            elif error is not None:
+                self.send(
+                    Result(call.call_id, None, error.code, str(error), provider=error.provider)
+                )
         except asyncio.CancelledError:
             self.send(Result(call.call_id, None, ErrorCode.CANCELLED, "cancelled"))
-        except LookupError as exc:
-            self.send(Result(call.call_id, None, ErrorCode.TOOL_NOT_FOUND, str(exc)))
-        except HostedError as exc:
-            self.send(Result(call.call_id, None, exc.code, str(exc)))
-        except Exception as exc:  # a tool's failure is its caller's result, not ours
-            log.info("tool %s raised %s: %s", call.tool, type(exc).__name__, exc)
-            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            self.send(Result(call.call_id, orjson.dumps(error_result(message)), is_error=True))
+        except orjson.JSONDecodeError as exc:
+            self.send(Result(call.call_id, None, ErrorCode.INVALID_ARGUMENTS, str(exc)))
         finally:
             self.tasks.pop(call.call_id, None)
 
@@ -150,6 +144,10 @@ async def serve(server: ToolServer) -> None:
             file=sys.stderr,
         )
         raise SystemExit(EXIT_LOAD_FAILED) from None
+    if sys.platform != "win32":
+        # After server.start(): a Ray driver installs its own handler, which exits from
+        # inside whatever callback is running; a graceful stop is what is wanted.
+        loop.add_signal_handler(signal.SIGTERM, worker.stopping.set)
     worker.announce()
     await worker.stopping.wait()
     await worker.drain()
@@ -161,6 +159,9 @@ async def serve(server: ToolServer) -> None:
 
 
 def main() -> int:
+    # Ctrl+C in a terminal reaches the whole process group; the broker decides when
+    # its workers stop (Shutdown, or stdin EOF), so a worker ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         settings = load_settings(os.environ)
     except SettingsError as exc:

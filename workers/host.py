@@ -10,19 +10,26 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from broker.protocol import ErrorCode
 from broker.settings import Settings
 
 __all__ = [
+    "HostedError",
     "ModuleToolServer",
+    "Outcome",
     "ToolContext",
     "ToolServer",
     "error_result",
     "load_tool_server",
+    "settle",
     "to_call_tool_result",
 ]
+
+log = logging.getLogger("workers")
 
 ProgressSink = Callable[[float, float | None, str | None], None]
 
@@ -40,12 +47,28 @@ class ToolContext:
         self.model = model
         self._progress = progress
 
+    @property
+    def wants_progress(self) -> bool:
+        return self._progress is not None
+
     async def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
     ) -> None:
         """Tell the client how far the call is; a no-op when the client asked for none."""
         if self._progress is not None:
             self._progress(float(progress), None if total is None else float(total), message)
+
+
+class HostedError(Exception):
+    """A failure the broker should see as a typed error, not a tool result.
+
+    `provider` names the provider whose shared cap refused an OVER_CAPACITY call.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, provider: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.provider = provider
 
 
 class ToolServer(Protocol):
@@ -121,6 +144,10 @@ def load_tool_server(settings: Settings, environ: Mapping[str, str]) -> ToolServ
             max_instances=settings.session_instances_max,
             model_tools=model_tools,
         )
+    if settings.pool != "local":
+        from workers.ray_pool import RayToolPool
+
+        return RayToolPool(settings, environ)
     spec = settings.server
     if not spec:
         from workers.builtin import BuiltinTools
@@ -175,3 +202,24 @@ def to_call_tool_result(value: Any) -> dict[str, Any]:
     import json
 
     return {"content": [{"type": "text", "text": json.dumps(value, default=str)}], "isError": False}
+
+
+Outcome = tuple[dict[str, Any], None] | tuple[None, HostedError]
+"""A call's end: its CallToolResult (a tool's own failure included), or a typed error."""
+
+
+async def settle(
+    server: ToolServer, name: str, arguments: dict[str, Any], ctx: ToolContext
+) -> Outcome:
+    """Run one call to its outcome. Cancellation is not an outcome: it propagates."""
+    try:
+        value = await server.call(name, arguments, ctx)
+    except LookupError as exc:
+        return None, HostedError(ErrorCode.TOOL_NOT_FOUND, str(exc))
+    except HostedError as exc:
+        return None, exc
+    except Exception as exc:  # a tool's failure is its caller's result, not ours
+        log.info("tool %s raised %s: %s", name, type(exc).__name__, exc)
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return error_result(message), None
+    return to_call_tool_result(value), None

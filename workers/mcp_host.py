@@ -22,21 +22,13 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.protocol import ErrorCode
-from workers.host import ToolContext
+from workers.host import HostedError, ToolContext
 
 __all__ = ["ClientToolServer", "HostedError", "command_target", "object_target"]
 
 log = logging.getLogger("workers.mcp_host")
 
 Target = Any
-
-
-class HostedError(Exception):
-    """A failure the broker should see as a typed error, not a tool result."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def object_target(obj: Any) -> Callable[[], Target]:

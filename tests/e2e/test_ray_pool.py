@@ -1,0 +1,286 @@
+"""`--pool ray`: the same broker with its tool hosts as Ray actors.
+
+Everything here runs inside a loopback-only network namespace (`make test-ray`); see
+ray_support. A private cluster is what `--pool ray` starts by itself; `ray:ADDRESS`
+joins clusters these tests start with `ray start`, on 127.0.0.1 and 127.0.0.2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import DaemonProcess, mcp_client, scaled, start_daemon
+from tests.e2e.ray_support import ray_env, ray_home, require_isolated_ray, started_cluster
+from tests.e2e.sched_support import (
+    SERVER_ARGS,
+    STEP_S,
+    Files,
+    McpWsClient,
+    marker_until,
+    mcp_ws_clients,
+    rpc_error,
+    rpc_text,
+)
+from tests.support.health import health_until
+
+require_isolated_ray()
+
+pytestmark = pytest.mark.ray
+
+OVER_CAPACITY = -32050
+TIMEOUT = -32051
+WORKER_LOST = -32052
+CALL_TIMEOUT_S = 4.0
+
+
+def _stop(daemon: DaemonProcess) -> None:
+    with contextlib.suppress(Exception):
+        daemon.stop(timeout_s=30.0)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(daemon.proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def ray_daemon(root: Path, pool: str, workers: int = 2, **env: str) -> Iterator[DaemonProcess]:
+    """A broker with the tagged test tools on a Ray pool, stopped afterwards."""
+    root.mkdir(parents=True, exist_ok=True)
+    daemon = start_daemon(
+        root,
+        workers=workers,
+        env={**ray_env(ray_home(root)), **env},
+        args=[*SERVER_ARGS, "--pool", pool],
+    )
+    try:
+        yield daemon
+    finally:
+        _stop(daemon)
+
+
+@pytest.fixture(scope="module")
+def private_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One broker on its own private Ray cluster, shared by the tests that do not break it."""
+    root = tmp_path_factory.mktemp("ray-private")
+    with ray_daemon(root, "ray", EXAI_WS_CALL_TIMEOUT=str(CALL_TIMEOUT_S)) as daemon:
+        yield daemon
+
+
+@contextlib.asynccontextmanager
+async def ws_client(daemon: DaemonProcess) -> AsyncIterator[McpWsClient]:
+    async with mcp_ws_clients(daemon, 1) as clients:
+        yield clients[0]
+
+
+async def _pid_of(client: McpWsClient, continuation: str) -> int:
+    """The pid of the tool host a conversation is pinned to."""
+    response = await client.call("version", {"continuation_id": continuation})
+    return int(json.loads(rpc_text(response))["worker_pid"])
+
+
+# --- the foundation, through Ray ------------------------------------------------------
+
+
+async def test_sdk_clients_through_shims_on_a_ray_pool(private_pool: DaemonProcess) -> None:
+    """Two real SDK clients through real shims: tools, overlapping calls (up to the
+    session cap) and progress behave exactly as with the local pool."""
+    env = private_pool.shim_env()
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async with mcp_client(env) as first, mcp_client(env) as second:
+        names = {tool.name for tool in (await first.list_tools()).tools}
+        assert {"echo", "sleep", "kimi_wait", "version"} <= names
+        calls = [
+            session.call_tool("echo", {"text": f"{n}-{i}"})
+            for n, session in enumerate((first, second))
+            for i in range(8)
+        ]
+        results = await asyncio.wait_for(asyncio.gather(*calls), scaled(STEP_S))
+        assert [r.content[0].text for r in results] == [
+            f"{n}-{i}" for n in range(2) for i in range(8)
+        ]
+        slept = await first.call_tool(
+            "sleep", {"seconds": 0.3, "steps": 3}, progress_callback=on_progress
+        )
+        assert slept.content[0].text == "slept 0.3"
+        assert progress == [1, 2, 3]
+
+    health = private_pool.health()
+    assert health["pool"] == "ray"
+    assert [w["state"] for w in health["workers"]] == ["ready"]
+
+
+async def test_conversations_stick_to_one_tool_host(private_pool: DaemonProcess) -> None:
+    """A continuation_id always reaches the same actor; calls spread over both hosts."""
+    async with ws_client(private_pool) as client:
+        pinned = {key: await _pid_of(client, key) for key in ("a", "b", "c", "d")}
+        for key, pid in pinned.items():
+            assert await _pid_of(client, key) == pid
+    assert len(set(pinned.values())) == 2, pinned
+
+
+# --- cancellation and timeouts stop the remote coroutine --------------------------------
+
+
+async def test_client_cancel_stops_the_remote_call(
+    private_pool: DaemonProcess, tmp_path: Path
+) -> None:
+    marker = Files(tmp_path).path("cancelled")
+    async with ws_client(private_pool) as client:
+        request_id, answer = await client.start_call(
+            "plain_wait", {"seconds": 3 * CALL_TIMEOUT_S, "marker": str(marker)}
+        )
+        await marker_until(marker, "started")
+        await client.cancel(request_id)
+        # The tool's own coroutine, in the actor, saw the cancellation.
+        await marker_until(marker, "cancelled")
+        await health_until(private_pool, lambda h: h["inflight"]["global"] == 0, "capacity back")
+        assert not answer.done(), "a cancelled MCP request gets no response"
+        assert rpc_text(await client.call("echo", {"text": "after"})) == "after"
+
+
+async def test_timeout_stops_the_remote_call(private_pool: DaemonProcess, tmp_path: Path) -> None:
+    marker = Files(tmp_path).path("timed-out")
+    async with ws_client(private_pool) as client:
+        response = await client.call(
+            "plain_wait", {"seconds": 3 * CALL_TIMEOUT_S, "marker": str(marker)}
+        )
+        assert rpc_error(response)["code"] == TIMEOUT
+        await marker_until(marker, "cancelled")
+
+
+# --- failures ----------------------------------------------------------------------------
+
+
+async def test_killed_actor_is_worker_lost_then_the_pool_heals(
+    private_pool: DaemonProcess, tmp_path: Path
+) -> None:
+    marker = Files(tmp_path).path("victim")
+    async with ws_client(private_pool) as client:
+        victim = await _pid_of(client, "victim")
+        _, answer = await client.start_call(
+            "plain_wait",
+            {"seconds": 3 * CALL_TIMEOUT_S, "marker": str(marker), "continuation_id": "victim"},
+        )
+        await marker_until(marker, "started")
+        os.kill(victim, signal.SIGKILL)
+        error = rpc_error(await asyncio.wait_for(answer, scaled(STEP_S)))
+        assert error["code"] == WORKER_LOST
+        assert error["data"]["code"] == "WORKER_LOST"
+        # The other host answers at once; the session never noticed anything else.
+        for i in range(5):
+            assert rpc_text(await client.call("echo", {"text": str(i)})) == str(i)
+
+        async def two_hosts_again() -> bool:
+            pids = {await _pid_of(client, f"after-{i}") for i in range(6)}
+            return len(pids) == 2 and victim not in pids
+
+        await async_wait_for_async(two_hosts_again, STEP_S, "Ray to restart the killed actor")
+    assert private_pool.proc.poll() is None
+
+
+async def async_wait_for_async(check: Any, timeout_s: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + scaled(timeout_s)
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def test_killed_bridge_is_restarted_without_restarting_the_broker(tmp_path: Path) -> None:
+    with ray_daemon(tmp_path / "bridge", "ray", workers=1) as daemon:
+        before = await health_until(
+            daemon, lambda h: h["workers"][0]["state"] == "ready", "the bridge"
+        )
+        bridge = before["workers"][0]["pid"]
+        os.kill(bridge, signal.SIGKILL)
+        after = await health_until(
+            daemon,
+            lambda h: h["workers"][0]["restarts"] == 1 and h["workers"][0]["state"] == "ready",
+            "a new bridge",
+            timeout_s=60.0,
+        )
+        assert after["workers"][0]["pid"] != bridge
+        async with ws_client(daemon) as client:
+            assert rpc_text(await client.call("echo", {"text": "again"})) == "again"
+        assert daemon.proc.poll() is None
+
+
+@pytest.mark.timeout(300)
+async def test_dead_node_costs_its_calls_then_calls_succeed_on_the_rest(tmp_path: Path) -> None:
+    with (
+        started_cluster(tmp_path, extra_nodes=1) as (address, nodes),
+        ray_daemon(tmp_path / "broker", f"ray:{address}", workers=2) as daemon,
+    ):
+        head, second = nodes
+        marker = Files(tmp_path).path("on-second-node")
+        async with ws_client(daemon) as client:
+            pinned = {f"k{i}": await _pid_of(client, f"k{i}") for i in range(6)}
+            on_second = [k for k, pid in pinned.items() if pid in second.pids()]
+            on_head = [k for k, pid in pinned.items() if pid in head.pids()]
+            assert on_second and on_head, f"tool hosts not spread over both nodes: {pinned}"
+            _, answer = await client.start_call(
+                "plain_wait",
+                {"seconds": 120, "marker": str(marker), "continuation_id": on_second[0]},
+            )
+            await marker_until(marker, "started")
+            second.kill()
+            error = rpc_error(await asyncio.wait_for(answer, scaled(60)))
+            assert error["code"] == WORKER_LOST, error
+            for i in range(5):
+                assert rpc_text(await client.call("echo", {"text": str(i)})) == str(i)
+            survivors = {await _pid_of(client, f"after-{i}") for i in range(4)}
+            assert survivors and all(pid in head.pids() for pid in survivors)
+        assert daemon.proc.poll() is None
+
+
+# --- provider caps shared across brokers -------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+async def test_two_brokers_share_one_provider_cap(tmp_path: Path) -> None:
+    caps = {"EXAI_WS_KIMI_MAX_INFLIGHT": "1", "EXAI_RAY_LEASE_TTL": "3"}
+    files = Files(tmp_path)
+    with (
+        started_cluster(tmp_path) as (address, _),
+        ray_daemon(tmp_path / "a", f"ray:{address}", workers=1, **caps) as first,
+        ray_daemon(tmp_path / "b", f"ray:{address}", workers=1, **caps) as second,
+    ):
+        async with ws_client(first) as a, ws_client(second) as b:
+            release, marker = files.release("a"), files.path("a")
+            _, held = await a.start_call(
+                "kimi_wait", {"seconds": 120, "release": str(release), "marker": str(marker)}
+            )
+            await marker_until(marker, "started")
+            refused = rpc_error(await b.call("kimi_wait", {"seconds": 0}))
+            assert refused["code"] == OVER_CAPACITY
+            assert refused["data"]["provider"] == "kimi"
+            assert refused["data"]["scope"] == "provider"
+            assert "cluster-wide" in refused["message"]
+            Files.let_go(release)
+            assert "kimi_wait done" in rpc_text(await asyncio.wait_for(held, scaled(STEP_S)))
+            assert "kimi_wait done" in rpc_text(await b.call("kimi_wait", {"seconds": 0}))
+
+            # A broker that dies holding a slot loses it after the lease TTL.
+            marker = files.path("dies")
+            _, orphaned = await a.start_call("kimi_wait", {"seconds": 120, "marker": str(marker)})
+            await marker_until(marker, "started")
+            os.kill(first.health()["workers"][0]["pid"], signal.SIGKILL)
+            os.killpg(first.proc.pid, signal.SIGKILL)
+
+            async def slot_free() -> bool:
+                response = await b.call("kimi_wait", {"seconds": 0})
+                return "result" in response
+
+            await async_wait_for_async(slot_free, STEP_S, "the dead broker's lease to expire")
+            orphaned.cancel()
