@@ -416,3 +416,45 @@ def test_shim_invalid_value_names_variable(var: str, raw: str) -> None:
 def test_shim_ignores_daemon_only_variables() -> None:
     """A daemon-only typo (bad EXAI_WORKERS) does not stop every editor's shim."""
     assert load_shim_settings({"EXAI_WORKERS": "lots", "EXAI_LOG_LEVEL": "loud"}).port == 8765
+
+
+# --- the worker pool -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "pool"),
+    [("local", "local"), ("ray", "ray"), ("ray:127.0.0.1:6379", "ray:127.0.0.1:6379")],
+)
+def test_pool_accepts_local_ray_and_a_cluster_address(raw: str, pool: str) -> None:
+    assert load_settings({"EXAI_POOL": raw}).pool == pool
+    assert load_settings({}, {"pool": raw}).pool == pool
+    assert load_settings({}).pool == "local"
+
+
+@pytest.mark.parametrize("raw", ["", "remote", "ray:", "dask:10.0.0.1:8786"])
+def test_pool_rejects_anything_else_naming_the_choices(raw: str) -> None:
+    message = settings_error({"EXAI_POOL": raw})
+    assert "EXAI_POOL" in message
+    assert "local, ray, or ray:ADDRESS" in message
+
+
+def test_pool_ray_without_ray_installed_is_one_line_saying_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the extra, `--pool ray` stops before anything starts, saying what to do."""
+    import importlib.util
+
+    from broker.__main__ import EXIT_USAGE, main
+
+    real_find_spec = importlib.util.find_spec
+
+    def without_ray(name: str, package: str | None = None) -> object:
+        return None if name == "ray" else real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_ray)
+    assert main(["--pool", "ray", "--port", "0"]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--pool ray needs Ray" in err
+    assert "pip install 'exai-broker[ray]'" in err
+    assert not Path("logs").exists(), "nothing may start before the check"

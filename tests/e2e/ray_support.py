@@ -115,7 +115,9 @@ def started_cluster(root: Path, extra_nodes: int = 0) -> Iterator[tuple[str, lis
     nodes: list[RayNode] = []
     try:
         nodes.append(
-            _start_node(home, "127.0.0.1", ["--head", f"--port={port}", "--include-dashboard=false"])
+            _start_node(
+                home, "127.0.0.1", ["--head", f"--port={port}", "--include-dashboard=false"]
+            )
         )
         address = f"127.0.0.1:{port}"
         for i in range(extra_nodes):
