@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 HEALTH_FILE = "ws_daemon.health.json"
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0  # a private Ray cluster takes seconds to start
 STOP_GRACE_S = 15.0
 
 
@@ -105,7 +105,7 @@ def stop(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int | 
 
 @contextlib.contextmanager
 def running_daemon(
-    workers: int, log_dir: Path, extra_env: Mapping[str, str], cwd: Path
+    workers: int, log_dir: Path, extra_env: Mapping[str, str], cwd: Path, pool: str = "local"
 ) -> Iterator[DaemonProcess]:
     """Run `python -m broker --port 0` until the block exits, however it exits."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +121,8 @@ def running_daemon(
         str(workers),
         "--log-dir",
         str(log_dir),
+        "--pool",
+        pool,
     ]
     with open(log_dir / "daemon.stderr", "wb") as stderr:
         proc = subprocess.Popen(

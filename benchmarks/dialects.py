@@ -63,21 +63,26 @@ class Scenario:
 
 SCENARIOS = ("echo100", "echo64k", "sleep50", "cpu")
 _ECHO_NAME = re.compile(r"echo(\d+)(k?)")
+_SLEEP_NAME = re.compile(r"sleep(\d+)")
 
 
 def scenario(name: str) -> Scenario:
-    """`echo<N>` / `echo<N>k` (N bytes / KiB of text), `sleep50` (0.05 s), `cpu` (20 ms)."""
+    """`echo<N>` / `echo<N>k` (N bytes / KiB of text), `sleep<N>` (N ms), `cpu` (20 ms)."""
     match = _ECHO_NAME.fullmatch(name)
     if match:
         size = int(match.group(1)) * (1024 if match.group(2) else 1)
         text = echo_text(size)
         return Scenario(name, "echo", echo_arguments(text), text, 0.0, size)
-    if name == "sleep50":
-        arguments = orjson.dumps({"seconds": 0.05, "steps": 1}).decode()
-        return Scenario(name, "sleep", arguments, "slept 0.05", 50.0)
+    match = _SLEEP_NAME.fullmatch(name)
+    if match:
+        seconds = int(match.group(1)) / 1000
+        arguments = orjson.dumps({"seconds": seconds, "steps": 1}).decode()
+        return Scenario(name, "sleep", arguments, f"slept {seconds:g}", seconds * 1000)
     if name == "cpu":
         return Scenario(name, "cpu", orjson.dumps({"ms": 20}).decode(), "burned 20 ms", 20.0)
-    raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)} or echo<N>[k]")
+    raise ValueError(
+        f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}, echo<N>[k] or sleep<N>"
+    )
 
 
 def op_hello(session_id: str) -> str:

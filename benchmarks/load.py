@@ -34,6 +34,7 @@ from benchmarks.report import (
     format_extras,
     format_table,
     machine_info,
+    pool_comparison,
     scaling,
     write_chart,
     write_json,
@@ -64,6 +65,13 @@ def _modes(text: str) -> list[str]:
     if unknown or not values:
         raise argparse.ArgumentTypeError(f"modes are {', '.join(MODES)}; got {text!r}")
     return values
+
+
+def _pools(text: str) -> list[str]:
+    pools = [p.strip() for p in text.split(",") if p.strip()]
+    if not pools or any(p not in ("local", "ray") and not p.startswith("ray:") for p in pools):
+        raise argparse.ArgumentTypeError(f"pools are local, ray or ray:ADDRESS; got {text!r}")
+    return pools
 
 
 def _scenarios(text: str) -> list[str]:
@@ -128,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure an already running daemon on 127.0.0.1:PORT instead of starting one "
         "(it needs EXAI_DIAGNOSTIC_TOOLS=1; --workers and the caps are then ignored)",
     )
+    add(
+        "--pools",
+        type=_pools,
+        default=["local"],
+        help="rerun every daemon cell per worker pool, e.g. local,ray (ray needs the ray "
+        "extra; run it in a loopback-only namespace, see benchmarks/README.md)",
+    )
     add("--out", type=Path, help="JSON file (default benchmarks/out/load-<timestamp>.json)")
     return parser
 
@@ -138,7 +153,9 @@ def _worker_counts(args: argparse.Namespace) -> list[int | None]:
     return list(args.workers_list or [args.workers])
 
 
-def _plans(args: argparse.Namespace, workers: int | None, first: bool) -> list[CellPlan]:
+def _plans(
+    args: argparse.Namespace, workers: int | None, first: bool, pool: str | None = None
+) -> list[CellPlan]:
     """The cells for one daemon. Baselines do not involve the daemon: they run with the
     first worker count only; raw-ws only echoes, so it runs for echo scenarios only."""
     clients = args.clients or ([1, 8] if args.quick else [1, 8, 64])
@@ -154,6 +171,7 @@ def _plans(args: argparse.Namespace, workers: int | None, first: bool) -> list[C
             duration_s=duration_s,
             call_timeout_s=args.call_timeout,
             workers=None if mode in BASELINE_MODES else workers,
+            pool=None if mode in BASELINE_MODES else pool,
         )
         for name in scenarios
         for mode in args.modes
@@ -188,7 +206,8 @@ class Progress:
 
 def _label(plan: CellPlan) -> str:
     workers = "-" if plan.workers is None else str(plan.workers)
-    return f"{plan.scenario:8} w={workers:2} {plan.mode:9} c={plan.clients:<4}"
+    mode = plan.mode if plan.pool in (None, "local") else f"{plan.mode}@{plan.pool}"
+    return f"{plan.scenario:8} w={workers:2} {mode:9} c={plan.clients:<4}"
 
 
 async def _run_cells(
@@ -223,7 +242,9 @@ def _run_all(
     args: argparse.Namespace, env: dict[str, str], log_dir: Path, extras: dict[str, Any]
 ) -> list[dict[str, Any]]:
     counts = _worker_counts(args)
-    plans = {w: _plans(args, w, i == 0) for i, w in enumerate(counts)}
+    pools: list[str | None] = [None] if args.attach else list(args.pools)
+    daemons = [(pool, w) for pool in pools for w in counts]
+    plans = {d: _plans(args, d[1], i == 0, d[0]) for i, d in enumerate(daemons)}
     progress = Progress(sum(len(p) for p in plans.values()))
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
@@ -231,15 +252,19 @@ def _run_all(
         echo_server = None
         if "raw-ws" in args.modes:
             echo_server = stack.enter_context(running_echo_server(log_dir, REPO_ROOT))
-        for i, workers in enumerate(counts):
-            if workers is None:
+        for i, (pool, workers) in enumerate(daemons):
+            if workers is None or pool is None:
                 target = attached_daemon(args.attach, log_dir)
             else:
-                where = log_dir / f"workers-{workers}" if len(counts) > 1 else log_dir
-                target = running_daemon(workers, where, env, REPO_ROOT)
+                where = log_dir
+                if len(counts) > 1:
+                    where = where / f"workers-{workers}"
+                if len(pools) > 1:
+                    where = where / f"pool-{pool.replace(':', '_')}"
+                target = running_daemon(workers, where, env, REPO_ROOT, pool)
             with target as daemon:
                 rows += asyncio.run(
-                    _run_cells(plans[workers], daemon, log_dir, echo_server, progress)
+                    _run_cells(plans[(pool, workers)], daemon, log_dir, echo_server, progress)
                 )
                 if i == 0:
                     asyncio.run(_probes(args, daemon, extras))
@@ -292,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_info(REPO_ROOT),
         "config": {
             "workers": None if args.attach else _worker_counts(args),
+            "pools": None if args.attach else args.pools,
             "attached_port": args.attach,
             "scenarios": sorted({row["scenario"] for row in rows}),
             "procs": args.procs,
@@ -308,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": rows,
         **extras,
         "scaling": scaling(rows),
+        "pools": pool_comparison(rows),
     }
     write_json(out, document)
     print(format_table(rows))

@@ -77,11 +77,45 @@ def add_ratios(rows: Sequence[dict[str, Any]]) -> None:
             row[key] = row["calls_per_s"] / ref if ref else None
 
 
+def pool_comparison(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each non-local pool's calls/s and p50 next to the local pool's, same cell."""
+    local = {
+        (r["scenario"], r["mode"], r["clients"], r["workers"]): r
+        for r in rows
+        if r.get("pool") == "local"
+    }
+    out = []
+    for row in rows:
+        if row.get("pool") in (None, "local"):
+            continue
+        ref = local.get((row["scenario"], row["mode"], row["clients"], row["workers"]))
+        if ref is None:
+            continue
+        out.append(
+            {
+                "scenario": row["scenario"],
+                "mode": row["mode"],
+                "clients": row["clients"],
+                "workers": row["workers"],
+                "pool": row["pool"],
+                "calls_per_s": {"local": ref["calls_per_s"], row["pool"]: row["calls_per_s"]},
+                "p50_ms": {
+                    "local": ref["latency_ms"]["p50"],
+                    row["pool"]: row["latency_ms"]["p50"],
+                },
+                "ratio_vs_local": (
+                    row["calls_per_s"] / ref["calls_per_s"] if ref["calls_per_s"] else None
+                ),
+            }
+        )
+    return out
+
+
 def scaling(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """calls/s of each (scenario, mode, clients) per worker count, over the fewest workers."""
     groups: dict[tuple[str, str, int], dict[int, float]] = {}
     for row in rows:
-        if row.get("workers") is not None:
+        if row.get("workers") is not None and row.get("pool") in (None, "local"):
             key = (row["scenario"], row["mode"], row["clients"])
             groups.setdefault(key, {})[row["workers"]] = row["calls_per_s"]
     out = []
@@ -131,6 +165,14 @@ def format_extras(document: Mapping[str, Any]) -> str:
             f"({_b(idle['daemon_bytes_per_session'])}/session), workers RSS "
             f"{_mb(b['workers_rss'])} -> {_mb(a['workers_rss'])} "
             f"({_b(idle['workers_bytes_per_session'])}/session)"
+        )
+    for item in document.get("pools") or []:
+        pool = item["pool"]
+        lines.append(
+            f"pool {pool} vs local, {item['scenario']} {item['mode']} c={item['clients']}: "
+            f"{item['calls_per_s'][pool]:.0f} vs {item['calls_per_s']['local']:.0f} calls/s "
+            f"({_ratio(item['ratio_vs_local'])}x), p50 {_ms(item['p50_ms'][pool])} vs "
+            f"{_ms(item['p50_ms']['local'])} ms"
         )
     for item in document.get("scaling") or []:
         ratios = ", ".join(f"{w}w {v:.2f}x" for w, v in item["ratios"].items() if v is not None)
@@ -188,7 +230,7 @@ def _cells(row: Mapping[str, Any]) -> list[str]:
     return [
         row.get("scenario", "-"),
         "-" if row.get("workers") is None else str(row["workers"]),
-        row["mode"],
+        row["mode"] if row.get("pool") in (None, "local") else f"{row['mode']}@{row['pool']}",
         str(row["clients"]),
         f"{row['calls_per_s']:.0f}",
         _ratio(row.get("ratio_raw_ws")),

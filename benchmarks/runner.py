@@ -47,6 +47,7 @@ class CellPlan:
     duration_s: float
     call_timeout_s: float
     workers: int | None = None  # the daemon's worker count, for the row
+    pool: str | None = None  # the daemon's --pool, for the row (None for baselines)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -243,6 +244,7 @@ def _row(
         "mode": plan.mode,
         "scenario": plan.scenario,
         "workers": plan.workers,
+        "pool": plan.pool,
         "clients": plan.clients,
         "procs": len(results),
         "duration_s": plan.duration_s,

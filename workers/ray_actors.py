@@ -110,6 +110,19 @@ class ToolHost:
             if not task.done():
                 task.cancel()
 
+    async def call(
+        self, tool: str, arguments: dict[str, Any], session_id: str, model: str | None, call_id: int
+    ) -> Event:
+        """One call without progress: its result or error event, in one round trip
+        (a stream costs an extra object per event)."""
+        server = await self._ready()
+        result, error = await settle(
+            server, tool, arguments, ToolContext(call_id, session_id, model, None)
+        )
+        if error is not None:
+            return ("error", str(error.code), str(error), error.provider)
+        return ("result", result)
+
     async def session_ended(self, session_id: str) -> None:
         if self._server is not None:
             await self._server.session_ended(session_id)

@@ -38,6 +38,9 @@ log = logging.getLogger("workers.ray")
 
 STICKY_MAX = 10_000
 DESCRIBE_TIMEOUT_S = 120.0
+PROBE_TIMEOUT_S = 10.0
+# How long a lost host may take to come back before it is replaced by a new one.
+REPLACE_AFTER_S = 30.0
 RECOVER_BACKOFF_MAX_S = 5.0
 # Ray's minimum; the pool passes arguments and results, not data sets.
 PRIVATE_OBJECT_STORE_BYTES = 128 * 1024 * 1024
@@ -48,6 +51,13 @@ BOOTSTRAP_CONFIG = "provider:\n  type: local\n"
 
 def ray_missing_message(pool: str) -> str:
     return f"--pool {pool} needs Ray, which is not installed: pip install 'exai-broker[ray]'"
+
+
+def _outcome(event: tuple[Any, ...]) -> Any:
+    """The CallToolResult of a result event; a typed error for an error event."""
+    if event[0] == "result":
+        return event[1]
+    raise HostedError(ErrorCode(event[1]), event[2], event[3])
 
 
 class _Host:
@@ -94,17 +104,9 @@ class RayToolPool:
         self._ray = ray
         self._any_live = asyncio.Event()
         self._connect()
-        self._host_cls = ray.remote(ToolHost).options(
-            max_restarts=-1,
-            # A retried call would run twice; a lost call is answered WORKER_LOST instead.
-            max_task_retries=0,
-            max_concurrency=max(64, self._settings.global_max_inflight * 2),
-            num_cpus=self._settings.ray_actor_cpus,
-            scheduling_strategy="SPREAD",
-            namespace=NAMESPACE,
-        )
+        self._host_cls = ray.remote(ToolHost)
         self._hosts = [
-            _Host(i, self._host_cls.remote(self._actor_env)) for i in range(self._settings.workers)
+            _Host(i, self._new_actor(strategy)) for i, strategy in enumerate(self._placements())
         ]
         described = await asyncio.wait_for(
             asyncio.gather(*(h.actor.describe.remote() for h in self._hosts)), DESCRIBE_TIMEOUT_S
@@ -134,6 +136,33 @@ class RayToolPool:
             )
             await self._ledger.renew.remote(self._holder, self._settings.ray_lease_ttl_s)
             self._spawn(self._renew_leases())
+
+    def _new_actor(self, strategy: Any) -> Any:
+        return self._host_cls.options(
+            max_restarts=-1,
+            # A retried call would run twice; a lost call is answered WORKER_LOST instead.
+            max_task_retries=0,
+            max_concurrency=max(64, self._settings.global_max_inflight * 2),
+            num_cpus=self._settings.ray_actor_cpus,
+            scheduling_strategy=strategy,
+            namespace=NAMESPACE,
+        ).remote(self._actor_env)
+
+    def _placements(self) -> list[Any]:
+        """One scheduling strategy per host: round-robin over the live nodes.
+
+        Ray's SPREAD, and even a soft node affinity, may put every host on one node; a
+        hard affinity does not. A host whose node dies is replaced (see `_recover`).
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = sorted(n["NodeID"] for n in self._ray.nodes() if n.get("Alive"))
+        if not nodes:
+            return ["SPREAD"] * self._settings.workers
+        return [
+            NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False)
+            for i in range(self._settings.workers)
+        ]
 
     def _connect(self) -> None:
         ray = self._ray
@@ -187,27 +216,25 @@ class RayToolPool:
     async def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext) -> Any:
         host = await self._pick(arguments, ctx.session_id)
         lease = await self._lease(ctx.model)
-        stream: Any = None
+        remote: Any = None
         host.calls += 1
         try:
-            stream = host.actor.run.remote(
-                name, arguments, ctx.session_id, ctx.model, ctx.call_id, ctx.wants_progress
-            )
-            async for ref in stream:
-                event = await ref
-                if event[0] == "progress":
+            if ctx.wants_progress:
+                remote = host.actor.run.remote(
+                    name, arguments, ctx.session_id, ctx.model, ctx.call_id, True
+                )
+                async for ref in remote:
+                    event = await ref
+                    if event[0] != "progress":
+                        return _outcome(event)
                     await ctx.report_progress(event[1], event[2], event[3])
-                elif event[0] == "result":
-                    return event[1]
-                else:
-                    raise HostedError(ErrorCode(event[1]), event[2], event[3])
-            raise HostedError(
-                ErrorCode.WORKER_LOST, "the tool host ended the call without a result"
-            )
+                raise HostedError(ErrorCode.WORKER_LOST, "the tool host ended the call early")
+            remote = host.actor.call.remote(name, arguments, ctx.session_id, ctx.model, ctx.call_id)
+            return _outcome(await remote)
         except asyncio.CancelledError:
-            # Dropping the stream would leave the remote coroutine running.
-            if stream is not None:
-                self._ray.cancel(stream)
+            # Dropping the reference would leave the remote coroutine running.
+            if remote is not None:
+                self._ray.cancel(remote)
             raise
         except self._ray.exceptions.RayError as exc:
             raise self._lost(host, exc) from None
@@ -273,20 +300,29 @@ class RayToolPool:
         )
 
     async def _recover(self, host: _Host) -> None:
-        """Wait until Ray has restarted the actor (on any node), or replace it."""
+        """Wait until Ray has restarted the actor, or replace it.
+
+        A host pinned to a node that died cannot come back there: Ray reports it dead
+        (or leaves it pending), and a new host is started wherever Ray has room.
+        """
         ray = self._ray
+        loop = asyncio.get_running_loop()
         delay = 0.2
+        waiting_since = loop.time()
         try:
             while True:
                 try:
-                    host.describe = await asyncio.wait_for(host.actor.describe.remote(), 30.0)
+                    host.describe = await asyncio.wait_for(
+                        host.actor.describe.remote(), PROBE_TIMEOUT_S
+                    )
                     break
                 except ray.exceptions.ActorDiedError:
-                    # Out of restarts or unschedulable for good: start a new one.
-                    log.warning("tool host %d is gone for good; starting a new one", host.index)
-                    host.actor = self._host_cls.remote(self._actor_env)
+                    self._replace(host, "it is gone for good")
+                    waiting_since = loop.time()
                 except (ray.exceptions.RayError, TimeoutError):
-                    pass
+                    if loop.time() - waiting_since > REPLACE_AFTER_S:
+                        self._replace(host, f"it has not come back in {REPLACE_AFTER_S:.0f} s")
+                        waiting_since = loop.time()
                 await asyncio.sleep(delay)
                 delay = min(RECOVER_BACKOFF_MAX_S, delay * 2)
         finally:
@@ -295,6 +331,12 @@ class RayToolPool:
         log.info("tool host %d is back (pid %s)", host.index, host.describe.get("pid"))
         assert self._any_live is not None
         self._any_live.set()
+
+    def _replace(self, host: _Host, why: str) -> None:
+        log.warning("replacing tool host %d: %s", host.index, why)
+        with contextlib.suppress(Exception):
+            self._ray.kill(host.actor, no_restart=True)
+        host.actor = self._new_actor("SPREAD")
 
     # --- cluster-wide provider caps --------------------------------------------------
 
