@@ -53,6 +53,19 @@ def ray_missing_message(pool: str) -> str:
     return f"--pool {pool} needs Ray, which is not installed: pip install 'exai-broker[ray]'"
 
 
+def _check_reachable(address: str) -> None:
+    """Fail fast, naming the address, when nothing listens there: ray.init would retry
+    for a minute and then report a timeout."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", a ray:// client address: let Ray resolve it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5.0).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise RuntimeError(f"cannot reach the Ray cluster at {address}: {reason}") from None
+
+
 def _outcome(event: tuple[Any, ...]) -> Any:
     """The CallToolResult of a result event; a typed error for an error event."""
     if event[0] == "result":
@@ -173,6 +186,7 @@ class RayToolPool:
             "log_to_driver": True,
         }
         if self._address is not None:
+            _check_reachable(self._address)
             ray.init(address=self._address, **common)
             return
         # Ray's processes inherit this home; the actors get the real one back with

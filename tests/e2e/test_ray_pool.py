@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DaemonProcess, mcp_client, scaled, start_daemon
+from tests.conftest import DaemonProcess, free_port, mcp_client, scaled, start_daemon
 from tests.e2e.ray_support import ray_env, ray_home, require_isolated_ray, started_cluster
 from tests.e2e.sched_support import (
     SERVER_ARGS,
@@ -242,6 +242,16 @@ async def test_dead_node_costs_its_calls_then_calls_succeed_on_the_rest(tmp_path
             survivors = {await _pid_of(client, f"after-{i}") for i in range(4)}
             assert survivors and all(pid in head.pids() for pid in survivors)
         assert daemon.proc.poll() is None
+
+
+def test_unreachable_cluster_stops_the_broker_saying_where(tmp_path: Path) -> None:
+    port = free_port()
+    daemon = start_daemon(tmp_path, args=["--pool", f"ray:127.0.0.1:{port}"], wait_ready=False)
+    try:
+        assert daemon.proc.wait(scaled(60)) != 0
+    finally:
+        _stop(daemon)
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in daemon.stderr()
 
 
 # --- provider caps shared across brokers -------------------------------------------------
