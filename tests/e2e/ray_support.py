@@ -10,6 +10,8 @@ test can kill one whole node, and teardown leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from tests.support.processes import kill_and_reap, tagged_pids
 
 __all__ = [
     "RayNode",
+    "group_pids",
     "isolated_network",
     "ray_env",
     "ray_home",
@@ -68,21 +71,42 @@ def ray_env(home: Path, **extra: str) -> dict[str, str]:
 
 @dataclass
 class RayNode:
+    """One `ray start` node. Its processes share a process group, except the actors'
+    workers, which start sessions of their own but carry the node's tag; Ray rewrites
+    some processes' environment (their title), so neither way alone finds them all."""
+
     ip: str
     tag: str
+    pgid: int
 
     def pids(self) -> list[int]:
-        return tagged_pids(self.tag)
+        return sorted(set(tagged_pids(self.tag)) | set(group_pids(self.pgid)))
 
     def kill(self) -> None:
         """kill -9 every process of this node, as a machine dying would."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, signal.SIGKILL)
         kill_and_reap(self.pids())
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live processes of process group `pgid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
 
 
 def _start_node(home: Path, ip: str, args: list[str]) -> RayNode:
     tag_value = uuid.uuid4().hex
     env = ray_env(home, EXAI_TEST_RAY_NODE=tag_value)
-    node = RayNode(ip, f"EXAI_TEST_RAY_NODE={tag_value}")
     argv = [
         RAY_CLI,
         "start",
@@ -91,16 +115,25 @@ def _start_node(home: Path, ip: str, args: list[str]) -> RayNode:
         "--disable-usage-stats",
         *args,
     ]
+    # A session of its own: every process `ray start` leaves behind is in its group.
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    node = RayNode(ip, f"EXAI_TEST_RAY_NODE={tag_value}", proc.pid)
     try:
-        done = subprocess.run(
-            argv, env=env, capture_output=True, text=True, timeout=scaled(120), check=False
-        )
+        output, _ = proc.communicate(timeout=scaled(120))
     except subprocess.TimeoutExpired:
         node.kill()
+        proc.wait()
         raise
-    if done.returncode != 0:
+    if proc.returncode != 0:
         node.kill()
-        raise AssertionError(f"ray start failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise AssertionError(f"ray start failed ({proc.returncode}):\n{output[-3000:]}")
     return node
 
 

@@ -18,8 +18,21 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DaemonProcess, free_port, mcp_client, scaled, start_daemon
-from tests.e2e.ray_support import ray_env, ray_home, require_isolated_ray, started_cluster
+from tests.conftest import (
+    DaemonProcess,
+    async_wait_for,
+    free_port,
+    mcp_client,
+    scaled,
+    start_daemon,
+)
+from tests.e2e.ray_support import (
+    group_pids,
+    ray_env,
+    ray_home,
+    require_isolated_ray,
+    started_cluster,
+)
 from tests.e2e.sched_support import (
     SERVER_ARGS,
     STEP_S,
@@ -211,6 +224,8 @@ async def test_killed_bridge_is_restarted_without_restarting_the_broker(tmp_path
             timeout_s=60.0,
         )
         assert after["workers"][0]["pid"] != bridge
+        # The dead bridge's private cluster went with it (its process group).
+        await async_wait_for(lambda: not group_pids(bridge), 30.0, "the old cluster to go")
         async with ws_client(daemon) as client:
             assert rpc_text(await client.call("echo", {"text": "again"})) == "again"
         assert daemon.proc.poll() is None
