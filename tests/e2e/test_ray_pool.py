@@ -145,14 +145,21 @@ async def test_conversations_stick_to_one_tool_host(private_pool: DaemonProcess)
 # --- cancellation and timeouts stop the remote coroutine --------------------------------
 
 
+@pytest.mark.parametrize("progress", [False, True], ids=["plain", "streaming-progress"])
 async def test_client_cancel_stops_the_remote_call(
-    private_pool: DaemonProcess, tmp_path: Path
+    private_pool: DaemonProcess, tmp_path: Path, progress: bool
 ) -> None:
+    """Both ways a call runs on an actor (one round trip, or a stream when the client
+    asked for progress) stop remotely when the client cancels."""
     marker = Files(tmp_path).path("cancelled")
+    params: dict[str, Any] = {
+        "name": "plain_wait",
+        "arguments": {"seconds": 3 * CALL_TIMEOUT_S, "marker": str(marker)},
+    }
+    if progress:
+        params["_meta"] = {"progressToken": "p"}
     async with ws_client(private_pool) as client:
-        request_id, answer = await client.start_call(
-            "plain_wait", {"seconds": 3 * CALL_TIMEOUT_S, "marker": str(marker)}
-        )
+        request_id, answer = await client.send_request("tools/call", params)
         await marker_until(marker, "started")
         await client.cancel(request_id)
         # The tool's own coroutine, in the actor, saw the cancellation.
