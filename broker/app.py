@@ -25,6 +25,7 @@ __all__ = ["DAEMON_KEY", "create_app"]
 log = logging.getLogger("broker.app")
 
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+_END_OF_STREAM = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 STATUS_PAGE = Path(__file__).parent / "static" / "status.html"
 
 
@@ -125,17 +126,24 @@ async def handle_ws(request: web.Request, daemon: Daemon) -> web.StreamResponse:
         settings.send_buffer_bytes,
         remote,
         abort=transport.abort if transport is not None else (lambda: None),
+        transport=transport,
     )
     conn.authenticated = not daemon.auth.enabled or presented is not None
     daemon.connections.add(conn)
     router = daemon.router
     loop = daemon.loop
     hello_timer = loop.call_later(settings.hello_timeout_s, _hello_timeout, daemon, conn)
+    receive = ws.receive
     try:
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+        # `async for msg in ws`, minus a coroutine layer per frame.
+        while True:
+            msg = await receive()
+            kind = msg.type
+            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                 router.handle(conn, msg.data)
-            elif msg.type is WSMsgType.ERROR:
+            elif kind in _END_OF_STREAM:
+                break
+            elif kind is WSMsgType.ERROR:
                 if getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
                     log.warning(
                         "closed connection %s with 1009: frame larger than EXAI_WS_MAX_BYTES (%d)",

@@ -5,12 +5,14 @@ frame arrives, the call is admitted and sent to a worker; the worker's result
 arrives, the lease is released and the answer is queued on the session. Every path
 out of a call (result, tool error, timeout, cancel, worker loss, session end) goes
 through `_finish`, which releases the call's capacity exactly once.
+
+Call timeouts share one loop timer: every call gets the same timeout when it is
+admitted, so deadlines come in admission order and only the earliest needs a timer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import OrderedDict, deque
@@ -34,7 +36,7 @@ from broker.protocol import (
     ToolNotFound,
     WorkerLost,
 )
-from broker.routing import ModelRegistry, resolve_route
+from broker.routing import ModelRegistry, Route, resolve_route
 from broker.scheduler import Lease, Rejection, Scheduler, Waiter
 from broker.session import Session
 from broker.settings import Settings
@@ -46,6 +48,11 @@ __all__ = ["CallManager", "CallRecord", "PendingCall"]
 log = logging.getLogger("broker.calls")
 
 STICKY_MAX = 10_000
+# A deadline this close is due: loop timers have millisecond resolution.
+DEADLINE_SLACK_S = 0.001
+# Routes remembered per (tool, requested model); the model is the client's word, so
+# the memo is bounded.
+ROUTES_MAX = 4096
 
 
 class _ToolResult(msgspec.Struct):
@@ -54,8 +61,7 @@ class _ToolResult(msgspec.Struct):
     structuredContent: Any = None
 
 
-@dataclasses.dataclass(slots=True, eq=False)
-class PendingCall:
+class PendingCall(msgspec.Struct, eq=False):
     call_id: int
     session: Session
     key: bytes
@@ -72,13 +78,15 @@ class PendingCall:
     waiter: Waiter | None = None
     worker: WorkerHandle | None = None
     admitted_at: float = 0.0
+    # Loop time at which the call times out (set on admission).
+    deadline: float = 0.0
+    # The queue-wait timer, while the call waits for capacity.
     timer: asyncio.TimerHandle | None = None
     acked: bool = False
     done: bool = False
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class CallRecord:
+class CallRecord(msgspec.Struct, frozen=True):
     """What the metrics line of one finished call says."""
 
     t: float
@@ -124,6 +132,12 @@ class CallManager:
         self._idle = asyncio.Event()
         self._idle.set()
         self._loop = asyncio.get_running_loop()
+        # Admitted calls by call id, in admission (hence deadline) order.
+        self._deadlines: dict[int, PendingCall] = {}
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._sweeping = False
+        self._routes: dict[tuple[str, str | None], Route] = {}
+        self._routes_catalog = self.catalog
 
     # --- admission -------------------------------------------------------------------
 
@@ -151,7 +165,8 @@ class CallManager:
         try:
             if self.shutting_down:
                 raise ShuttingDown("the daemon is shutting down; retry after it restarts")
-            if tool not in self.catalog:
+            catalog = self.catalog
+            if tool not in catalog.by_name:
                 raise ToolNotFound(f"unknown tool {tool!r}", tool=tool)
             raw_args = bytes(arguments) if arguments else b"{}"
             args = parse_arguments(raw_args)
@@ -159,14 +174,8 @@ class CallManager:
             continuation = args.get("continuation_id")
             if model is not None and not isinstance(model, str):
                 raise InvalidArguments("arguments.model must be a string", path="model")
-            route = resolve_route(
-                tool,
-                model,
-                model_tools=self.catalog.model_tools,
-                default_model=self.settings.default_model,
-                registry=self.registry,
-            )
-            self.catalog.validator.validate(tool, args)
+            route = self._route(catalog, tool, model)
+            catalog.validator.validate(tool, args)
         except BrokerError as exc:
             self._answer_error_now(session, dialect, request_id, tool, exc)
             return
@@ -203,6 +212,25 @@ class CallManager:
         self._track(session, call)
         self._start(call, outcome)
 
+    def _route(self, catalog: Catalog, tool: str, model: str | None) -> Route:
+        """resolve_route, remembered: it depends only on its arguments and the catalog."""
+        if self._routes_catalog is not catalog:
+            self._routes_catalog = catalog
+            self._routes.clear()
+        route = self._routes.get((tool, model))
+        if route is None:
+            route = resolve_route(
+                tool,
+                model,
+                model_tools=catalog.model_tools,
+                default_model=self.settings.default_model,
+                registry=self.registry,
+            )
+            if len(self._routes) >= ROUTES_MAX:
+                self._routes.clear()
+            self._routes[(tool, model)] = route
+        return route
+
     def _start(self, call: PendingCall, lease: Lease) -> None:
         """Run an admitted call on a worker (or hold it until one is ready)."""
         if call.lease is None:
@@ -210,7 +238,8 @@ class CallManager:
             call.admitted_at = time.monotonic()
             if call.timer is not None:
                 call.timer.cancel()  # the queue-wait timer; the call timeout starts now
-            call.timer = self._loop.call_later(self.settings.call_timeout_s, self._timed_out, call)
+                call.timer = None
+            self._arm_deadline(call)
             if not call.acked:
                 self._ack(call)
         worker = self._pick_worker(call)
@@ -235,13 +264,12 @@ class CallManager:
         )
 
     def _ack(self, call: PendingCall) -> None:
+        # Spliced rather than encoded: the request id is raw JSON, sent back as it came.
         call.acked = True
         if call.dialect == "op":
-            call.session.send(
-                self.codec.encode({"op": "call_tool_ack", "request_id": call.request_id})
-            )
+            call.session.send(b'{"op":"call_tool_ack","request_id":' + call.request_id + b"}")
         elif call.session.acks:
-            call.session.send(self.codec.encode({"op": "ack", "id": call.request_id}))
+            call.session.send(b'{"op":"ack","id":' + call.request_id + b"}")
 
     def _pick_worker(self, call: PendingCall) -> WorkerHandle | None:
         workers = self.supervisor.workers
@@ -358,8 +386,35 @@ class CallManager:
 
     # --- timeouts and cancellation ---------------------------------------------------
 
+    def _arm_deadline(self, call: PendingCall) -> None:
+        call.deadline = self._loop.time() + self.settings.call_timeout_s
+        self._deadlines[call.call_id] = call
+        # Outside a sweep, no timer means no earlier deadline is waiting: this is the head.
+        if self._deadline_timer is None and not self._sweeping:
+            self._deadline_timer = self._loop.call_at(call.deadline, self._expire_deadlines)
+
+    def _expire_deadlines(self) -> None:
+        self._deadline_timer = None
+        deadlines = self._deadlines
+        due_by = self._loop.time() + DEADLINE_SLACK_S
+        expired: list[PendingCall] = []
+        for call in deadlines.values():
+            if call.deadline > due_by:
+                break
+            expired.append(call)
+        # A timed-out call frees capacity, which may admit queued calls (and add deadlines).
+        self._sweeping = True
+        try:
+            for call in expired:
+                deadlines.pop(call.call_id, None)
+                self._timed_out(call)
+        finally:
+            self._sweeping = False
+            if deadlines:
+                head = next(iter(deadlines.values()))
+                self._deadline_timer = self._loop.call_at(head.deadline, self._expire_deadlines)
+
     def _timed_out(self, call: PendingCall) -> None:
-        call.timer = None
         if call.done:
             return
         if call.worker is not None:
@@ -424,6 +479,8 @@ class CallManager:
         if call.timer is not None:
             call.timer.cancel()
             call.timer = None
+        if call.deadline:
+            self._deadlines.pop(call.call_id, None)
         now = time.monotonic()
         session = call.session
         if session.calls.get(call.key) is call:
@@ -505,7 +562,8 @@ class CallManager:
 
     def _result_frame(self, call: PendingCall, payload: bytes) -> bytes:
         if call.dialect != "op":
-            return self.codec.result(call.request_id, payload)
+            # What codec.result encodes, spliced: both the id and the result are raw JSON.
+            return b'{"jsonrpc":"2.0","id":' + call.request_id + b',"result":' + payload + b"}"
         result = msgspec.json.decode(payload, type=_ToolResult)
         outputs = [c for c in result.content if isinstance(c, dict)]
         text = "\n".join(str(c.get("text", "")) for c in outputs if c.get("type") == "text")

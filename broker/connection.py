@@ -3,6 +3,9 @@
 A client that stops reading must not grow the daemon's memory or stall anyone
 else: past `max_buffer_bytes` of unsent frames the connection is dropped (its
 session then waits out the resume grace like any other disconnect).
+
+While the socket takes data as fast as it comes (the usual case), a frame is written
+at once from `send` instead of waking the sender task: no task switch per answer.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ CLOSE_SLOW_READER = 1008
 # How long the socket may refuse data while answers pile up before the client is dropped.
 SLOW_READER_GRACE_S = 1.0
 HARD_LIMIT_FACTOR = 8
+# Room left for the WebSocket frame header when judging whether a frame fits the
+# transport's buffer without pausing the writer.
+_FRAME_HEADER_MAX = 14
 
 
 class WsConnection:
@@ -37,8 +43,11 @@ class WsConnection:
         "_blocked_since",
         "_buffered",
         "_closing",
+        "_direct_max",
+        "_idle",
         "_queue",
         "_wake",
+        "_write_buffer_size",
         "_ws",
         "authenticated",
         "dialect",
@@ -54,9 +63,18 @@ class WsConnection:
         max_buffer_bytes: int,
         remote: str,
         abort: Callable[[], None],
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self._ws = ws
         self._abort = abort
+        self._direct_max = -1
+        self._write_buffer_size: Callable[[], int] = _unknown_buffer_size
+        if transport is not None:
+            _, high = transport.get_write_buffer_limits()
+            self._direct_max = high - _FRAME_HEADER_MAX
+            self._write_buffer_size = transport.get_write_buffer_size
+        # True while the sender task waits for work with nothing queued.
+        self._idle = False
         self._queue: deque[bytes] = deque()
         self._buffered = 0
         self._blocked_since: float | None = None
@@ -71,6 +89,15 @@ class WsConnection:
 
     def send(self, data: bytes) -> None:
         if self._closing is not None:
+            return
+        # Only when nothing is queued: frames must leave in the order they were sent.
+        if (
+            self._idle
+            and not self._queue
+            and len(data) <= self._direct_max
+            and self._write_buffer_size() == 0
+            and self._write_now(data)
+        ):
             return
         waiting = self._buffered
         self._queue.append(data)
@@ -88,6 +115,32 @@ class WsConnection:
             self._abort()
             return
         self._wake.set()
+
+    def _write_now(self, data: bytes) -> bool:
+        """Write one frame without the sender task. False: queue it instead.
+
+        With the transport's buffer empty and the frame under its high-water mark the
+        write cannot pause the writer, so `send_frame` finishes without suspending.
+        """
+        if self._ws.closed:
+            return False
+        coro = self._ws.send_frame(data, WSMsgType.TEXT)
+        try:
+            coro.send(None)
+        except StopIteration:
+            return True
+        except (ConnectionError, RuntimeError):
+            # The peer went away mid-send, as in the sender task: the frame is lost
+            # either way, and the reader side notices and cleans up.
+            self._queue.clear()
+            self._buffered = 0
+            self._idle = False
+            self.sender.cancel()
+            return True
+        # It waits for the socket to drain after all. The frame is already with the
+        # transport, so only the wait is dropped; later frames queue behind it.
+        coro.close()
+        return True
 
     def _stuck(self) -> bool:
         """Is the client really not reading, rather than receiving a burst?
@@ -117,7 +170,9 @@ class WsConnection:
         queue = self._queue
         try:
             while True:
+                self._idle = not queue and self._closing is None
                 await self._wake.wait()
+                self._idle = False
                 self._wake.clear()
                 while queue:
                     data = queue.popleft()
@@ -140,3 +195,7 @@ class WsConnection:
             self.sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.sender
+
+
+def _unknown_buffer_size() -> int:
+    return -1

@@ -307,9 +307,13 @@ class FrameRouter:
             peer.send(self.codec.op_error("error", request_id, exc))
 
 
+_ID_FIRST_BYTES = frozenset(b'"-0123456789')
+
+
 def _valid_id(raw: msgspec.Raw) -> bool:
-    first = bytes(memoryview(raw)[:1])
-    return first == b'"' or first.isdigit() or first == b"-"
+    """A JSON string or number: what its first byte says (the frame parsed as JSON)."""
+    data = bytes(raw)
+    return bool(data) and data[0] in _ID_FIRST_BYTES
 
 
 def _stamp_modern(result: bytes) -> bytes:

@@ -5,6 +5,7 @@ A frame is a 4-byte big-endian length followed by that many bytes of msgpack.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -15,6 +16,8 @@ T = TypeVar("T")
 
 DEFAULT_MAX_FRAME_BYTES = 256 * 1024 * 1024
 _PREFIX = 4
+_PACK_PREFIX_INTO = struct.Struct(">I").pack_into
+_UNPACK_PREFIX_FROM = struct.Struct(">I").unpack_from
 
 
 class FramingError(Exception):
@@ -36,9 +39,9 @@ class FrameEncoder:
     def encode_into(self, message: Any, out: bytearray) -> None:
         """Append one frame to `out` (used to batch several frames into one write)."""
         start = len(out)
-        out.extend(b"\0\0\0\0")
+        out += b"\0\0\0\0"
         self._encoder.encode_into(message, out, start + _PREFIX)
-        out[start : start + _PREFIX] = (len(out) - start - _PREFIX).to_bytes(_PREFIX, "big")
+        _PACK_PREFIX_INTO(out, start, len(out) - start - _PREFIX)
 
 
 class FrameDecoder(Generic[T]):
@@ -55,26 +58,36 @@ class FrameDecoder(Generic[T]):
 
     def feed(self, data: bytes) -> list[T]:
         buf = self._buf
-        buf.extend(data)
+        # Usually whole frames arrive together: decode straight from `data` and keep
+        # only an incomplete tail, instead of copying everything through the buffer.
+        source: bytes | bytearray = data
+        if buf:
+            buf += data
+            source = buf
         out: list[T] = []
+        decode = self._decoder.decode
         pos = 0
-        end = len(buf)
-        while end - pos >= _PREFIX:
-            size = int.from_bytes(buf[pos : pos + _PREFIX], "big")
-            if size > self._max:
-                raise FramingError(f"frame of {size} bytes exceeds the {self._max}-byte limit")
-            if end - pos - _PREFIX < size:
-                break
-            body = memoryview(buf)[pos + _PREFIX : pos + _PREFIX + size]
-            try:
-                out.append(self._decoder.decode(body))
-            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                raise FramingError(f"undecodable frame: {exc}") from exc
-            finally:
-                body.release()
-            pos += _PREFIX + size
-        if pos:
-            del buf[:pos]
+        end = len(source)
+        with memoryview(source) as view:
+            while end - pos >= _PREFIX:
+                (size,) = _UNPACK_PREFIX_FROM(view, pos)
+                if size > self._max:
+                    raise FramingError(f"frame of {size} bytes exceeds the {self._max}-byte limit")
+                if end - pos - _PREFIX < size:
+                    break
+                body = view[pos + _PREFIX : pos + _PREFIX + size]
+                try:
+                    out.append(decode(body))
+                except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                    raise FramingError(f"undecodable frame: {exc}") from exc
+                finally:
+                    body.release()
+                pos += _PREFIX + size
+        if source is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end:
+            buf += data[pos:]
         return out
 
     @property

@@ -94,13 +94,13 @@ class MetricsWriter:
         self._wake.set()
 
     def _take_queue(self) -> None:
-        encode = self._encoder.encode
         out = self._pending
         queue = self._queue
-        while queue:
-            out += encode(queue.popleft())
-            out += b"\n"
-            self._pending_lines += 1
+        if queue:
+            lines = len(queue)
+            out += self._encoder.encode_lines(queue)
+            queue.clear()
+            self._pending_lines += lines
         if len(out) > RETRY_BUFFER_MAX * 200:
             # The disk has been failing for a long time: keep the newest lines only.
             cut = out.index(b"\n", len(out) // 2) + 1

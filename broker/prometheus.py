@@ -1,12 +1,15 @@
 """`GET /metrics`: Prometheus text format through prometheus-client.
 
-Counters and histograms are updated once per finished call; everything that is a
-level (in flight, sessions, workers) is read from the daemon at scrape time, so it
-costs nothing on the call path.
+A finished call only bumps plain counters here (one bucket index and two adds per
+histogram); they are folded into the prometheus-client objects at scrape time, whose
+locks and label lookups would otherwise cost more than the rest of the call's
+accounting. Everything that is a level (in flight, sessions, workers) is read from
+the daemon at scrape time, so it costs nothing on the call path.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -86,6 +89,54 @@ class _StateCollector(Collector):
         )
 
 
+class _CounterBatch:
+    """Increments of one counter child not yet folded into it."""
+
+    __slots__ = ("child", "pending")
+
+    def __init__(self, child: Counter) -> None:
+        self.child = child
+        self.pending = 0
+
+    def flush(self) -> None:
+        if self.pending:
+            self.child.inc(self.pending)
+            self.pending = 0
+
+
+class _HistogramBatch:
+    """Observations of one histogram child not yet folded into it, per bucket."""
+
+    __slots__ = ("bounds", "child", "counts", "dirty", "total")
+
+    def __init__(self, child: Histogram, bounds: list[float]) -> None:
+        self.child = child
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.total = 0.0
+        self.dirty = False
+
+    def observe(self, value: float) -> None:
+        # The first bucket whose upper bound is >= value: where Histogram.observe puts it.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.dirty = True
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        # Histogram has no bulk observe; its per-bucket values take the counts directly.
+        child = self.child
+        buckets = child._buckets
+        for index, count in enumerate(self.counts):
+            if count:
+                buckets[index].inc(count)
+                self.counts[index] = 0
+        child._sum.inc(self.total)
+        self.total = 0.0
+        self.dirty = False
+
+
 class PrometheusMetrics:
     """One registry per daemon (no global state), fed by finished-call records."""
 
@@ -112,14 +163,46 @@ class PrometheusMetrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(snapshot))
+        # Children are created on first use, as `labels()` would, so `_created` is the
+        # time of the first observation rather than of the first scrape.
+        self._call_batches: dict[tuple[str, str | None, str], _CounterBatch] = {}
+        self._latency_batches: dict[str, _HistogramBatch] = {}
+        self._queue_batches: dict[str | None, _HistogramBatch] = {}
 
     def observe(
         self, tool: str, provider: str | None, outcome: str, latency_ms: float, queue_ms: float
     ) -> None:
-        provider_label = provider or "none"
-        self._calls.labels(tool, provider_label, outcome).inc()
-        self._latency.labels(tool).observe(latency_ms / 1000.0)
-        self._queue.labels(provider_label).observe(queue_ms / 1000.0)
+        calls = self._call_batches.get((tool, provider, outcome))
+        if calls is None:
+            calls = self._call_batches[(tool, provider, outcome)] = _CounterBatch(
+                self._calls.labels(tool, provider or "none", outcome)
+            )
+        calls.pending += 1
+        latency = self._latency_batches.get(tool)
+        if latency is None:
+            latency = self._latency_batches[tool] = self._histogram_batch(self._latency, tool)
+        latency.observe(latency_ms / 1000.0)
+        queue = self._queue_batches.get(provider)
+        if queue is None:
+            queue = self._queue_batches[provider] = self._histogram_batch(
+                self._queue, provider or "none"
+            )
+        queue.observe(queue_ms / 1000.0)
+
+    @staticmethod
+    def _histogram_batch(histogram: Histogram, label: str) -> _HistogramBatch:
+        child = histogram.labels(label)
+        return _HistogramBatch(child, list(child._upper_bounds))
+
+    def flush(self) -> None:
+        """Fold the observations made since the last flush into the registry."""
+        for calls in self._call_batches.values():
+            calls.flush()
+        for latency in self._latency_batches.values():
+            latency.flush()
+        for queue in self._queue_batches.values():
+            queue.flush()
 
     def render(self) -> bytes:
+        self.flush()
         return generate_latest(self.registry)
