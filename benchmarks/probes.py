@@ -20,10 +20,11 @@ import aiohttp
 from benchmarks.clients import OpWsClient
 from benchmarks.daemon import DaemonProcess
 from benchmarks.dialects import scenario
+from benchmarks.procstat import rss_bytes
 from benchmarks.shimclient import ShimClient, shim_environment
 from benchmarks.stats import percentile
 
-__all__ = ["idle_sessions", "rss_bytes", "startup"]
+__all__ = ["idle_sessions", "startup"]
 
 SETTLE_S = 0.5  # after opening / closing, before reading memory
 OPEN_BATCH = 100  # sessions opened concurrently at a time
@@ -54,18 +55,6 @@ async def startup(port: int, repo_root: Path, spawns: int, args: Sequence[str]) 
         "max_ms": values[-1] if values else None,
         "samples_ms": [round(v, 2) for v in times_ms],
     }
-
-
-def rss_bytes(pid: int) -> int | None:
-    """VmRSS of `pid` from /proc/<pid>/status, or None."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return None
 
 
 def _rss(pids: Iterable[int]) -> int | None:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "machine_busy_seconds", "total_cpu_seconds"]
+__all__ = ["cpu_seconds", "machine_busy_seconds", "rss_bytes", "total_cpu_seconds"]
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -38,3 +38,15 @@ def machine_busy_seconds() -> float | None:
     # cpu  user nice system idle iowait irq softirq steal guest guest_nice
     ticks = [int(x) for x in first.split()[1:9]]
     return (sum(ticks) - ticks[3] - ticks[4]) / _TICKS_PER_S
+
+
+def rss_bytes(pid: int) -> int | None:
+    """VmRSS of `pid` from /proc/<pid>/status, or None."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None

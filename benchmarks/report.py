@@ -43,6 +43,9 @@ COLUMNS = (
     "client cpu",
     "other cpu",
     "daemon us/call",
+    "workers us/call",
+    "daemon MiB",
+    "workers MiB",
 )
 
 
@@ -245,8 +248,19 @@ def _cells(row: Mapping[str, Any]) -> list[str]:
         _pct(cpu.get("workers_pct")),
         _pct(sum(client) if client else None),
         _pct(cpu.get("other_pct")),
-        "-" if cpu.get("daemon_us_per_call") is None else f"{cpu['daemon_us_per_call']:.0f}",
+        _us(cpu.get("daemon_us_per_call")),
+        _us(cpu.get("workers_us_per_call")),
+        _mib((row.get("rss") or {}).get("server")),
+        _mib((row.get("rss") or {}).get("workers")),
     ]
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:

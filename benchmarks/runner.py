@@ -23,7 +23,7 @@ import orjson
 from benchmarks.daemon import DaemonProcess
 from benchmarks.dialects import scenario
 from benchmarks.generator import GeneratorConfig
-from benchmarks.procstat import machine_busy_seconds, total_cpu_seconds
+from benchmarks.procstat import machine_busy_seconds, rss_bytes, total_cpu_seconds
 from benchmarks.stats import summarise
 
 __all__ = ["CellPlan", "run_cell", "split_clients"]
@@ -214,7 +214,13 @@ async def run_cell(
     finally:
         await asyncio.gather(*(_reap(p) for p in procs), return_exceptions=True)
     after = await _wait_idle(daemon)
-    return _row(plan, readies, results, cpu, before, after)
+    row = _row(plan, readies, results, cpu, before, after)
+    # Memory right after the cell: what this load made the daemon and workers hold.
+    row["rss"] = {
+        "server": rss_bytes(target.server_pid) if target.server_pid else None,
+        "workers": sum(rss_bytes(pid) or 0 for pid in target.worker_pids) or None,
+    }
+    return row
 
 
 def _row(
@@ -278,12 +284,15 @@ def _cpu(
     ours = [sampled["daemon_pct"], sampled["workers_pct"], generators_pct, shims_pct]
     machine = sampled["machine_pct"]
     other = None if machine is None else max(0.0, machine - sum(v for v in ours if v is not None))
-    daemon = sampled["daemon_pct"]
-    per_call = None if daemon is None or ok_per_s <= 0 else daemon * 1e4 / ok_per_s
+
+    def per_call(pct: float | None) -> float | None:
+        return None if pct is None or ok_per_s <= 0 else pct * 1e4 / ok_per_s
+
     return {
         **sampled,
         "generators_pct": generators_pct,
         "shims_pct": shims_pct,
         "other_pct": other,
-        "daemon_us_per_call": per_call,
+        "daemon_us_per_call": per_call(sampled["daemon_pct"]),
+        "workers_us_per_call": per_call(sampled["workers_pct"]),
     }

@@ -62,6 +62,11 @@ def test_every_mode_scenario_and_probe_runs_without_errors(tmp_path: Path) -> No
     # Daemon modes ran once per worker count; the baselines once.
     assert sorted(r["workers"] for r in rows if r["mode"] == "ws-mcp") == [1, 1, 2, 2]
     assert all(r.get("ratio_sdk_stdio") for r in rows if r["mode"] == "ws-mcp")
+    # CPU per call and memory of the daemon and its workers, for every daemon cell.
+    for row in rows:
+        if row["mode"] in ("ws-op", "ws-mcp", "shim"):
+            assert row["cpu"]["daemon_us_per_call"] and row["cpu"]["workers_us_per_call"], row
+            assert row["rss"]["server"] and row["rss"]["workers"], row
     assert [item["failures"] for item in document["startup"]] == [0, 0]
     assert document["idle_sessions"]["opened"] == 20
     assert document["idle_sessions"]["after"]["sessions"] == 20
