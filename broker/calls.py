@@ -50,6 +50,8 @@ log = logging.getLogger("broker.calls")
 STICKY_MAX = 10_000
 # A deadline this close is due: loop timers have millisecond resolution.
 DEADLINE_SLACK_S = 0.001
+# How long a shim's call may run before the daemon acknowledges it separately.
+SHIM_ACK_DELAY_S = 0.05
 # Routes remembered per (tool, requested model); the model is the client's word, so
 # the memo is bounded.
 ROUTES_MAX = 4096
@@ -138,6 +140,9 @@ class CallManager:
         self._sweeping = False
         self._routes: dict[tuple[str, str | None], Route] = {}
         self._routes_catalog = self.catalog
+        # Deferred shim acks, in the order (hence at the times) they fall due.
+        self._acks_due: deque[tuple[float, PendingCall]] = deque()
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     # --- admission -------------------------------------------------------------------
 
@@ -269,7 +274,23 @@ class CallManager:
         if call.dialect == "op":
             call.session.send(b'{"op":"call_tool_ack","request_id":' + call.request_id + b"}")
         elif call.session.acks:
-            call.session.send(b'{"op":"ack","id":' + call.request_id + b"}")
+            # A shim only needs the ack to stop its RPC timer (seconds long), and the
+            # answer does that too: most calls answer before the ack would go, and then
+            # it never goes, sparing a frame each way.
+            self._acks_due.append((self._loop.time() + SHIM_ACK_DELAY_S, call))
+            if self._ack_timer is None:
+                self._ack_timer = self._loop.call_at(self._acks_due[0][0], self._send_due_acks)
+
+    def _send_due_acks(self) -> None:
+        self._ack_timer = None
+        due = self._acks_due
+        due_by = self._loop.time() + DEADLINE_SLACK_S
+        while due and due[0][0] <= due_by:
+            call = due.popleft()[1]
+            if not call.done:
+                call.session.send(b'{"op":"ack","id":' + call.request_id + b"}")
+        if due:
+            self._ack_timer = self._loop.call_at(due[0][0], self._send_due_acks)
 
     def _pick_worker(self, call: PendingCall) -> WorkerHandle | None:
         workers = self.supervisor.workers
