@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.processes import tagged_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = uuid.uuid4().hex
@@ -47,27 +50,37 @@ def wait_for(
     predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02
 ) -> Any:
     """Poll until `predicate()` is truthy; fail with `what` after the (scaled) deadline."""
-    deadline = time.monotonic() + scaled(timeout_s)
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {scaled(timeout_s):.1f} s waiting for {what}")
+    deadline = _Deadline(timeout_s, what)
+    while not (value := predicate()):
+        deadline.check()
         time.sleep(interval_s)
+    return value
 
 
 async def async_wait_for(
     predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02
 ) -> Any:
-    deadline = time.monotonic() + scaled(timeout_s)
+    """`wait_for` without blocking the loop; `predicate` may also be a coroutine function."""
+    deadline = _Deadline(timeout_s, what)
     while True:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {scaled(timeout_s):.1f} s waiting for {what}")
+        deadline.check()
         await asyncio.sleep(interval_s)
+
+
+class _Deadline:
+    def __init__(self, timeout_s: float, what: str) -> None:
+        self.timeout_s = scaled(timeout_s)
+        self.what = what
+        self.at = time.monotonic() + self.timeout_s
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise AssertionError(f"timed out after {self.timeout_s:.1f} s waiting for {self.what}")
 
 
 def free_port() -> int:
@@ -251,23 +264,6 @@ async def mcp_client(env: dict[str, str], **session_kwargs: Any) -> AsyncIterato
             yield session
 
 
-def _tagged_pids() -> list[int]:
-    """Processes (other than us) whose environment carries this run's tag."""
-    needle = f"EXAI_TEST_RUN_ID={RUN_ID}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                status = (entry / "stat").read_text().split()
-                if status[2] != "Z":
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.fixture(scope="session", autouse=True)
 def no_orphans() -> Iterator[None]:
     """Fail the run if any process a test started is still alive at the end."""
@@ -280,7 +276,7 @@ def no_orphans() -> Iterator[None]:
     leftovers: list[int] = []
 
     def settle() -> bool:
-        leftovers[:] = _tagged_pids()
+        leftovers[:] = tagged_pids(f"EXAI_TEST_RUN_ID={RUN_ID}")
         return not leftovers
 
     try:

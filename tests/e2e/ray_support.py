@@ -23,11 +23,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import base_env, free_port, scaled, wait_for
-from tests.support.processes import kill_and_reap, tagged_pids
+from tests.support.processes import group_pids, kill_and_reap, tagged_pids
 
 __all__ = [
     "RayNode",
-    "group_pids",
     "isolated_network",
     "ray_env",
     "ray_home",
@@ -87,21 +86,6 @@ class RayNode:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, signal.SIGKILL)
         kill_and_reap(self.pids())
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Live processes of process group `pgid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(entry.name))
-    return found
 
 
 def _start_node(home: Path, ip: str, args: list[str]) -> RayNode:

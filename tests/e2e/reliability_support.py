@@ -6,8 +6,6 @@
 - `TcpProxy`: a loopback TCP proxy between a shim and the daemon that can cut its
   connections, refuse new ones, or stall the daemon -> shim direction while the
   daemon stays up.
-- `WsMcpClient`: MCP JSON-RPC straight over the daemon's WebSocket (no shim), to see
-  close codes.
 - `read_counts` (the counting file); health and /proc conditions are in tests.support.
 """
 
@@ -22,9 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from tests.conftest import ROOT, DaemonProcess, scaled
+from tests.conftest import ROOT, scaled
 from tests.fixtures.counting_tools import read_counts
 from tests.support.processes import kill_quietly
 
@@ -35,14 +31,12 @@ __all__ = [
     "JsonObj",
     "ShimDriver",
     "TcpProxy",
-    "WsMcpClient",
     "error_of",
     "read_counts",
     "shim_drivers",
     "tcp_proxy",
     "tcp_proxy_started",
     "text_of",
-    "ws_mcp_clients",
 ]
 
 COUNTING_ARGS = ["--server", "tests.fixtures.counting_tools"]
@@ -341,76 +335,3 @@ async def tcp_proxy(target_port: int) -> AsyncIterator[TcpProxy]:
         yield proxy
     finally:
         await proxy.aclose()
-
-
-# --- MCP straight over the WebSocket -------------------------------------------------
-
-
-class WsMcpClient:
-    """MCP JSON-RPC over the daemon's WebSocket (subprotocol "mcp"), no shim."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.responses: dict[Any, asyncio.Future[JsonObj]] = {}
-        self.closed = asyncio.Event()
-        self._ids = itertools.count(1)
-        self._loop = asyncio.get_running_loop()
-        self._reader = self._loop.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for msg in self.ws:
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    continue
-                frame = json.loads(msg.data)
-                waiter = self.responses.get(frame.get("id")) if "method" not in frame else None
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(frame)
-        finally:
-            self.closed.set()
-
-    @property
-    def close_code(self) -> int | None:
-        return self.ws.close_code
-
-    async def start_call(self, name: str, arguments: JsonObj) -> asyncio.Future[JsonObj]:
-        """Send a tools/call; the future completes with its response."""
-        rid = next(self._ids)
-        waiter: asyncio.Future[JsonObj] = self._loop.create_future()
-        self.responses[rid] = waiter
-        frame = {
-            "jsonrpc": "2.0",
-            "id": rid,
-            "method": "tools/call",
-            "params": {"name": name, "arguments": arguments},
-        }
-        await self.ws.send_str(json.dumps(frame))
-        return waiter
-
-    async def call(self, name: str, arguments: JsonObj, timeout_s: float = STEP_S) -> JsonObj:
-        waiter = await self.start_call(name, arguments)
-        return await asyncio.wait_for(waiter, scaled(timeout_s))
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._reader
-
-
-@contextlib.asynccontextmanager
-async def ws_mcp_clients(daemon: DaemonProcess, count: int) -> AsyncIterator[list[WsMcpClient]]:
-    """`count` MCP-over-WebSocket sessions on the daemon, closed on exit."""
-    async with aiohttp.ClientSession() as http:
-        clients: list[WsMcpClient] = []
-        try:
-            for _ in range(count):
-                ws = await http.ws_connect(
-                    daemon.url, protocols=("mcp",), timeout=aiohttp.ClientWSTimeout(ws_close=5)
-                )
-                clients.append(WsMcpClient(ws))
-            yield clients
-        finally:
-            for client in clients:
-                await client.aclose()

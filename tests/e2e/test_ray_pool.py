@@ -27,7 +27,6 @@ from tests.conftest import (
     start_daemon,
 )
 from tests.e2e.ray_support import (
-    group_pids,
     ray_env,
     ray_home,
     require_isolated_ray,
@@ -37,13 +36,13 @@ from tests.e2e.sched_support import (
     SERVER_ARGS,
     STEP_S,
     Files,
-    McpWsClient,
     marker_until,
-    mcp_ws_clients,
     rpc_error,
     rpc_text,
 )
 from tests.support.health import health_until
+from tests.support.mcp_ws import McpWsClient, mcp_ws_clients
+from tests.support.processes import group_pids
 
 require_isolated_ray()
 
@@ -205,16 +204,8 @@ async def test_killed_actor_is_worker_lost_then_the_pool_heals(
             pids = {await _pid_of(client, f"after-{i}") for i in range(6)}
             return len(pids) == 2 and victim not in pids
 
-        await async_wait_for_async(two_hosts_again, STEP_S, "Ray to restart the killed actor")
+        await async_wait_for(two_hosts_again, STEP_S, "Ray to restart the killed actor")
     assert private_pool.proc.poll() is None
-
-
-async def async_wait_for_async(check: Any, timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + scaled(timeout_s)
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 async def test_killed_bridge_is_restarted_without_restarting_the_broker(tmp_path: Path) -> None:
@@ -314,5 +305,5 @@ async def test_two_brokers_share_one_provider_cap(tmp_path: Path) -> None:
                 response = await b.call("kimi_wait", {"seconds": 0})
                 return "result" in response
 
-            await async_wait_for_async(slot_free, STEP_S, "the dead broker's lease to expire")
+            await async_wait_for(slot_free, STEP_S, "the dead broker's lease to expire")
             orphaned.cancel()

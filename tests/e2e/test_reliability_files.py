@@ -11,9 +11,9 @@ from pathlib import Path
 from tests.conftest import DaemonProcess, async_wait_for, free_port, wait_for
 from tests.e2e.reliability_support import (
     text_of,
-    ws_mcp_clients,
 )
 from tests.support.health import health_until, read_health
+from tests.support.mcp_ws import mcp_ws_clients
 
 METRICS = "ws_daemon.metrics.jsonl"
 
@@ -51,7 +51,7 @@ async def test_metrics_rotate_within_bounds(
         workers=2,
         env={"EXAI_METRICS_MAX_BYTES": str(limit), "EXAI_METRICS_BACKUPS": "2"},
     )
-    async with ws_mcp_clients(daemon, 1) as (client,):
+    async with mcp_ws_clients(daemon, 1) as (client,):
         for i in range(200):
             assert text_of(await client.call("echo", {"text": f"m{i}"})) == f"m{i}"
     await health_until(daemon, lambda h: h["metrics_written"] >= 200, "200 metrics lines written")
@@ -88,7 +88,7 @@ async def test_unwritable_metrics_file_does_not_break_calls(
         return bool(health and health.get("ready"))
 
     wait_for(ready, 30, "the daemon to become ready")
-    async with ws_mcp_clients(daemon, 1) as (client,):
+    async with mcp_ws_clients(daemon, 1) as (client,):
         for i in range(20):
             assert text_of(await client.call("echo", {"text": f"x{i}"})) == f"x{i}"
     await async_wait_for(

@@ -18,9 +18,9 @@ from tests.e2e.reliability_support import (
     JsonObj,
     error_of,
     text_of,
-    ws_mcp_clients,
 )
 from tests.support.health import health_until
+from tests.support.mcp_ws import mcp_ws_clients
 
 SHUTTING_DOWN = -32053
 
@@ -46,14 +46,16 @@ async def test_sigterm_lets_running_calls_finish_and_refuses_new_ones(
     daemon = daemon_factory(
         workers=2, env={"EXAI_SHUTDOWN_GRACE": "10", "EXAI_HEALTH_INTERVAL": "0.05"}
     )
-    async with ws_mcp_clients(daemon, 2) as clients:
-        running = [await c.start_call("sleep", {"seconds": 1}) for c in clients for _ in range(2)]
+    async with mcp_ws_clients(daemon, 2) as clients:
+        running = [
+            (await c.start_call("sleep", {"seconds": 1}))[1] for c in clients for _ in range(2)
+        ]
         await health_until(daemon, lambda h: h["inflight"]["global"] == 4, "four running calls")
         daemon.proc.send_signal(signal.SIGTERM)
         await health_until(daemon, lambda h: h["draining"], "the daemon to start draining")
 
         # A call sent now is refused with a typed error (or finds the connection closed).
-        late = await clients[0].start_call("echo", {"text": "too late"})
+        _, late = await clients[0].start_call("echo", {"text": "too late"})
         closed: asyncio.Future[Any] = asyncio.ensure_future(clients[0].closed.wait())
         either: set[asyncio.Future[Any]] = {late, closed}
         await asyncio.wait(either, timeout=scaled(STEP_S), return_when=asyncio.FIRST_COMPLETED)

@@ -20,9 +20,9 @@ from tests.e2e.reliability_support import (
     error_of,
     shim_drivers,
     text_of,
-    ws_mcp_clients,
 )
 from tests.support.health import health_until
+from tests.support.mcp_ws import mcp_ws_clients
 
 WORKER_LOST = -32052
 
@@ -127,8 +127,8 @@ async def test_frozen_worker_is_recycled_when_it_misses_heartbeats(
             "EXAI_HEALTH_INTERVAL": "0.05",
         },
     )
-    async with ws_mcp_clients(daemon, 1) as (client,):
-        waiter = await client.start_call("sleep", {"seconds": 60})
+    async with mcp_ws_clients(daemon, 1) as (client,):
+        _, waiter = await client.start_call("sleep", {"seconds": 60})
         busy = await health_until(
             daemon, lambda h: any(w["inflight"] == 1 for w in h["workers"]), "a busy worker"
         )

@@ -24,7 +24,6 @@ from tests.e2e.sched_support import (
     idle,
     marker_state,
     marker_until,
-    mcp_ws_clients,
     metrics_until,
     op_clients,
     op_error,
@@ -36,6 +35,7 @@ from tests.e2e.sched_support import (
     start_tagged_daemon,
 )
 from tests.support.health import health_until
+from tests.support.mcp_ws import mcp_ws_clients
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -22,7 +22,6 @@ from tests.e2e.sched_support import (
     idle,
     marker_state,
     marker_until,
-    mcp_ws_clients,
     op_clients,
     op_text,
     rpc_text,
@@ -30,6 +29,7 @@ from tests.e2e.sched_support import (
     start_tagged_daemon,
 )
 from tests.support.health import health_until
+from tests.support.mcp_ws import mcp_ws_clients
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -22,7 +22,6 @@ from tests.e2e.sched_support import (
     idle,
     journal_events,
     marker_state,
-    mcp_ws_clients,
     metrics_until,
     op_clients,
     op_error,
@@ -32,6 +31,7 @@ from tests.e2e.sched_support import (
     start_tagged_daemon,
 )
 from tests.support.health import health_until
+from tests.support.mcp_ws import mcp_ws_clients
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -7,7 +7,14 @@ import os
 import signal
 from pathlib import Path
 
-__all__ = ["kill_and_reap", "kill_quietly", "process_gone", "rss_bytes", "tagged_pids"]
+__all__ = [
+    "group_pids",
+    "kill_and_reap",
+    "kill_quietly",
+    "process_gone",
+    "rss_bytes",
+    "tagged_pids",
+]
 
 
 def process_gone(pid: int) -> bool:
@@ -19,21 +26,37 @@ def process_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def tagged_pids(tag: str) -> list[int]:
-    """Live processes (not us, not zombies) whose environment holds the line `tag`."""
-    needle = tag.encode()
+def _live_processes() -> list[tuple[Path, list[str]]]:
+    """(/proc entry, stat fields after the name) of every live process but us."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if not process_gone(int(entry.name)):
-            found.append(int(entry.name))
+        if fields[0] != "Z":
+            found.append((entry, fields))
     return found
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Live processes (not us, not zombies) whose environment holds the line `tag`."""
+    needle = tag.encode()
+    found = []
+    for entry, _ in _live_processes():
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live processes (not us, not zombies) of process group `pgid`."""
+    return [int(entry.name) for entry, fields in _live_processes() if int(fields[2]) == pgid]
 
 
 def kill_quietly(pid: int) -> None:
