@@ -6,8 +6,7 @@ arrives, the lease is released and the answer is queued on the session. Every pa
 out of a call (result, tool error, timeout, cancel, worker loss, session end) goes
 through `_finish`, which releases the call's capacity exactly once.
 
-Call timeouts share one loop timer: every call gets the same timeout when it is
-admitted, so deadlines come in admission order and only the earliest needs a timer.
+Call timeouts and deferred shim acks each run on one loop timer (timeline.py).
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from broker.scheduler import Lease, Rejection, Scheduler, Waiter
 from broker.session import Session
 from broker.settings import Settings
 from broker.supervisor import Supervisor, WorkerHandle
+from broker.timeline import Timeline
 from broker.validation import parse_arguments
 
 __all__ = ["CallManager", "CallRecord", "PendingCall"]
@@ -48,8 +48,6 @@ __all__ = ["CallManager", "CallRecord", "PendingCall"]
 log = logging.getLogger("broker.calls")
 
 STICKY_MAX = 10_000
-# A deadline this close is due: loop timers have millisecond resolution.
-DEADLINE_SLACK_S = 0.001
 # How long a shim's call may run before the daemon acknowledges it separately.
 SHIM_ACK_DELAY_S = 0.05
 # Routes remembered per (tool, requested model); the model is the client's word, so
@@ -134,15 +132,14 @@ class CallManager:
         self._idle = asyncio.Event()
         self._idle.set()
         self._loop = asyncio.get_running_loop()
-        # Admitted calls by call id, in admission (hence deadline) order.
-        self._deadlines: dict[int, PendingCall] = {}
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._sweeping = False
+        self._deadlines: Timeline[PendingCall] = Timeline(
+            self._loop, settings.call_timeout_s, self._timed_out
+        )
+        self._acks: Timeline[PendingCall] = Timeline(
+            self._loop, SHIM_ACK_DELAY_S, self._send_shim_ack
+        )
         self._routes: dict[tuple[str, str | None], Route] = {}
         self._routes_catalog = self.catalog
-        # Deferred shim acks, in the order (hence at the times) they fall due.
-        self._acks_due: deque[tuple[float, PendingCall]] = deque()
-        self._ack_timer: asyncio.TimerHandle | None = None
 
     # --- admission -------------------------------------------------------------------
 
@@ -244,7 +241,7 @@ class CallManager:
             if call.timer is not None:
                 call.timer.cancel()  # the queue-wait timer; the call timeout starts now
                 call.timer = None
-            self._arm_deadline(call)
+            call.deadline = self._deadlines.add(call.call_id, call)
             if not call.acked:
                 self._ack(call)
         worker = self._pick_worker(call)
@@ -277,20 +274,11 @@ class CallManager:
             # A shim only needs the ack to stop its RPC timer (seconds long), and the
             # answer does that too: most calls answer before the ack would go, and then
             # it never goes, sparing a frame each way.
-            self._acks_due.append((self._loop.time() + SHIM_ACK_DELAY_S, call))
-            if self._ack_timer is None:
-                self._ack_timer = self._loop.call_at(self._acks_due[0][0], self._send_due_acks)
+            self._acks.add(call.call_id, call)
 
-    def _send_due_acks(self) -> None:
-        self._ack_timer = None
-        due = self._acks_due
-        due_by = self._loop.time() + DEADLINE_SLACK_S
-        while due and due[0][0] <= due_by:
-            call = due.popleft()[1]
-            if not call.done:
-                call.session.send(b'{"op":"ack","id":' + call.request_id + b"}")
-        if due:
-            self._ack_timer = self._loop.call_at(due[0][0], self._send_due_acks)
+    def _send_shim_ack(self, call: PendingCall) -> None:
+        if not call.done:
+            call.session.send(b'{"op":"ack","id":' + call.request_id + b"}")
 
     def _pick_worker(self, call: PendingCall) -> WorkerHandle | None:
         workers = self.supervisor.workers
@@ -407,34 +395,6 @@ class CallManager:
 
     # --- timeouts and cancellation ---------------------------------------------------
 
-    def _arm_deadline(self, call: PendingCall) -> None:
-        call.deadline = self._loop.time() + self.settings.call_timeout_s
-        self._deadlines[call.call_id] = call
-        # Outside a sweep, no timer means no earlier deadline is waiting: this is the head.
-        if self._deadline_timer is None and not self._sweeping:
-            self._deadline_timer = self._loop.call_at(call.deadline, self._expire_deadlines)
-
-    def _expire_deadlines(self) -> None:
-        self._deadline_timer = None
-        deadlines = self._deadlines
-        due_by = self._loop.time() + DEADLINE_SLACK_S
-        expired: list[PendingCall] = []
-        for call in deadlines.values():
-            if call.deadline > due_by:
-                break
-            expired.append(call)
-        # A timed-out call frees capacity, which may admit queued calls (and add deadlines).
-        self._sweeping = True
-        try:
-            for call in expired:
-                deadlines.pop(call.call_id, None)
-                self._timed_out(call)
-        finally:
-            self._sweeping = False
-            if deadlines:
-                head = next(iter(deadlines.values()))
-                self._deadline_timer = self._loop.call_at(head.deadline, self._expire_deadlines)
-
     def _timed_out(self, call: PendingCall) -> None:
         if call.done:
             return
@@ -501,7 +461,8 @@ class CallManager:
             call.timer.cancel()
             call.timer = None
         if call.deadline:
-            self._deadlines.pop(call.call_id, None)
+            self._deadlines.discard(call.call_id)
+            self._acks.discard(call.call_id)
         now = time.monotonic()
         session = call.session
         if session.calls.get(call.key) is call:
