@@ -65,7 +65,10 @@ def test_every_mode_scenario_and_probe_runs_without_errors(tmp_path: Path) -> No
     # CPU per call and memory of the daemon and its workers, for every daemon cell.
     for row in rows:
         if row["mode"] in ("ws-op", "ws-mcp", "shim"):
-            assert row["cpu"]["daemon_us_per_call"] and row["cpu"]["workers_us_per_call"], row
+            # Measured, though it may round to 0 at /proc's 10 ms tick for an idle worker.
+            cpu = row["cpu"]
+            assert cpu["daemon_us_per_call"] is not None, row
+            assert cpu["workers_us_per_call"] is not None, row
             assert row["rss"]["server"] and row["rss"]["workers"], row
     assert [item["failures"] for item in document["startup"]] == [0, 0]
     assert document["idle_sessions"]["opened"] == 20
