@@ -61,6 +61,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._fatal: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._health_task: asyncio.Task[None] | None = None
 
     # --- assembly --------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class Daemon:
         site = web.SockSite(self.runner, sock)
         await site.start()
         self.ready = True
-        self._spawn(self.health.run())
+        self._health_task = asyncio.get_running_loop().create_task(self.health.run())
         self._spawn(self._reap_sessions())
         self._install_signals()
         elapsed_ms = (time.perf_counter() - t0) * 1000
@@ -231,7 +232,7 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         if hasattr(self, "health"):
-            await self.health.write()
+            await self.health.close(self._health_task)
 
     async def _reap_sessions(self) -> None:
         while True:

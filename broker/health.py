@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -26,6 +27,7 @@ class HealthFile:
         self.snapshot = snapshot
         self.interval_s = interval_s
         self.failures = 0
+        self._closing = asyncio.Event()
 
     async def write(self) -> None:
         """Write one snapshot: temp file in the same folder, then rename over the old one."""
@@ -40,6 +42,22 @@ class HealthFile:
             log.error("cannot write health file %s: %s", self.path, exc)
 
     async def run(self) -> None:
-        while True:
+        """Rewrite the snapshot every interval until `close`."""
+        while not self._closing.is_set():
             await self.write()
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.interval_s)
+
+    async def close(self, runner: asyncio.Task[None] | None) -> None:
+        """Stop `run` and write the last snapshot.
+
+        `run` is let finish rather than cancelled: a cancelled write goes on in its
+        thread and would race the last one for the temp file.
+        """
+        self._closing.set()
+        if runner is not None:
+            try:
+                await runner
+            except Exception:  # it already stopped writing; the last snapshot still goes
+                log.exception("the health writer had failed")
+        await self.write()
