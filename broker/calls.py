@@ -23,6 +23,7 @@ import msgspec
 from broker.catalog import Catalog
 from broker.frames import FrameCodec
 from broker.ipc import Call, Progress, Result, SessionEnded
+from broker.modern import stamp_result
 from broker.protocol import (
     BrokerError,
     Cancelled,
@@ -74,6 +75,8 @@ class PendingCall(msgspec.Struct, eq=False):
     progress_token: msgspec.Raw | None
     received_at: float
     continuation_id: str | None = None
+    # The request declared the 2026-07-28 envelope: its result gets that revision's shape.
+    modern: bool = False
     lease: Lease | None = None
     waiter: Waiter | None = None
     worker: WorkerHandle | None = None
@@ -151,6 +154,8 @@ class CallManager:
         tool: str,
         arguments: msgspec.Raw,
         progress_token: msgspec.Raw | None,
+        *,
+        modern: bool = False,
     ) -> None:
         """Start one call, or answer it at once with a typed error."""
         key = bytes(request_id)
@@ -195,6 +200,7 @@ class CallManager:
             progress_token,
             now,
             continuation if isinstance(continuation, str) else None,
+            modern,
         )
         outcome = self.scheduler.try_acquire(session.id, route.provider, now)
         if isinstance(outcome, Rejection):
@@ -544,6 +550,8 @@ class CallManager:
 
     def _result_frame(self, call: PendingCall, payload: bytes) -> bytes:
         if call.dialect != "op":
+            if call.modern:
+                payload = stamp_result(payload, "tools/call")
             # What codec.result encodes, spliced: both the id and the result are raw JSON.
             return b'{"jsonrpc":"2.0","id":' + call.request_id + b',"result":' + payload + b"}"
         result = msgspec.json.decode(payload, type=_ToolResult)

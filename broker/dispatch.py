@@ -18,6 +18,7 @@ from broker import __version__
 from broker.auth import Auth
 from broker.calls import CallManager
 from broker.frames import Envelope, FrameCodec, present
+from broker.modern import stamp_result
 from broker.protocol import (
     LATEST_HANDSHAKE_VERSION,
     MODERN_VERSION,
@@ -36,6 +37,7 @@ log = logging.getLogger("broker.dispatch")
 
 NULL_ID = msgspec.Raw(b"null")
 SERVER_INFO = {"name": "exai-broker", "version": __version__}
+SERVER_INFO_JSON = msgspec.json.encode(SERVER_INFO)
 INSTRUCTIONS = "Tools shared by every client of this machine's exai-broker daemon."
 CAPABILITIES = {"tools": {"listChanged": False}}
 
@@ -208,7 +210,10 @@ class FrameRouter:
             token = params.meta.progressToken if params.meta is not None else None
             if token is not None and not present(token):
                 token = None
-            self.calls.submit(session, "mcp", request_id, params.name, params.arguments, token)
+            modern = params.meta is not None and params.meta.protocol_version == MODERN_VERSION
+            self.calls.submit(
+                session, "mcp", request_id, params.name, params.arguments, token, modern=modern
+            )
             return
         generic = self.codec.generic_params(env.params)
         modern = generic.meta is not None and generic.meta.protocol_version == MODERN_VERSION
@@ -229,22 +234,19 @@ class FrameRouter:
                 }
             )
         elif method == "server/discover":
-            modern = False
+            # Always answered in 2026-07-28 shapes: only that revision has this method.
+            modern = True
             result = self.codec.encode(
                 {
                     "supportedVersions": [MODERN_VERSION],
                     "capabilities": CAPABILITIES,
                     "instructions": INSTRUCTIONS,
-                    "cacheScope": "private",
-                    "ttlMs": 0,
-                    "resultType": "complete",
-                    "_meta": {"io.modelcontextprotocol/serverInfo": SERVER_INFO},
                 }
             )
         else:
             raise MethodNotFound(f"method not found: {method}", method=method)
         if modern:
-            result = _stamp_modern(result)
+            result = stamp_result(result, method, SERVER_INFO_JSON)
         peer.send(self.codec.result(request_id, result))
 
     # --- op dialect ------------------------------------------------------------------
@@ -314,19 +316,6 @@ def _valid_id(raw: msgspec.Raw) -> bool:
     """A JSON string or number: what its first byte says (the frame parsed as JSON)."""
     data = bytes(raw)
     return bool(data) and data[0] in _ID_FIRST_BYTES
-
-
-def _stamp_modern(result: bytes) -> bytes:
-    """Add the 2026-07-28 result fields to a result object without re-encoding it."""
-    stamp = (
-        b'"resultType":"complete","_meta":{"io.modelcontextprotocol/serverInfo":'
-        + msgspec.json.encode(SERVER_INFO)
-        + b"}"
-    )
-    body = result.rstrip()
-    if body == b"{}":
-        return b"{" + stamp + b"}"
-    return body[:-1] + b"," + stamp + b"}"
 
 
 def _short(session_id: str) -> str:
