@@ -16,7 +16,7 @@ $(PY):
 install: $(PY)
 	$(PY) -m pip install --quiet -e '.[test,dev]' --config-settings editable_mode=compat
 	@# Byte-compile once: shims and workers start faster, even under PYTHONDONTWRITEBYTECODE.
-	$(PY) -m compileall -q broker workers shim
+	$(PY) -m compileall -q exai broker workers shim
 
 # Third-party MCP peers for the interop tests (server-everything, the Inspector CLI).
 # Optional: without npm the tests that need them are skipped.
@@ -45,7 +45,7 @@ test-ray: install
 	else echo "no unshare -n here (it needs root): the ray tests are skipped"; fi
 
 lint: install
-	$(PY) -m ruff check broker workers shim tests benchmarks
+	$(PY) -m ruff check exai broker workers shim tests benchmarks
 	$(PY) -m mypy
 
 bench: install

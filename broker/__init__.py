@@ -1,3 +1,1 @@
-"""exai-broker: one shared MCP tool daemon, many thin stdio shims."""
-
-__version__ = "0.1.0"
+"""exai-broker's daemon: the front end, router, calls, worker pool and observability."""

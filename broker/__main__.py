@@ -11,12 +11,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from broker import __version__
-from broker.settings import Settings, SettingsError, collect_environment, load_settings
+from exai import __version__
+from exai.exits import ExitCode
+from exai.loops import run as run_loop
+from exai.settings import (
+    Settings,
+    SettingsError,
+    collect_environment,
+    load_settings,
+    ray_missing_message,
+)
 
 __all__ = ["main", "run"]
-
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +118,7 @@ def _admin_parser(command: str) -> argparse.ArgumentParser:
 
 def admin_main(command: str, argv: Sequence[str]) -> int:
     """`status` and `rotate-token`: talk to a running daemon."""
-    from broker import admin
+    from broker.admin import commands as admin
 
     args = _admin_parser(command).parse_args(argv)
     try:
@@ -122,7 +128,7 @@ def admin_main(command: str, argv: Sequence[str]) -> int:
         settings = load_settings(collect_environment(args.env_file), cli)
     except SettingsError as exc:
         print(f"exai-broker: invalid setting: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if command == "status":
         snapshot, source = asyncio.run(admin.read_status(settings))
         text, code = admin.format_status(snapshot, source)
@@ -141,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ADMIN_COMMANDS:
         return admin_main(argv[0], argv[1:])
     if argv and argv[0] == "report":
-        from broker.report import report_main
+        from broker.admin.report import report_main
 
         try:
             log_dir = load_settings(collect_environment()).log_dir
@@ -154,24 +160,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(environ, vars(args))
     except SettingsError as exc:
         print(f"exai-broker: invalid setting: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if settings.pool != "local" and importlib.util.find_spec("ray") is None:
-        from workers.ray_pool import ray_missing_message
-
         print(f"exai-broker: {ray_missing_message(settings.pool)}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     configure_logging(settings)
     from broker.daemon import Daemon
 
     daemon = Daemon(settings, environ)
     try:
-        import uvloop
-
-        return uvloop.run(daemon.run())
-    except ImportError:
-        return asyncio.run(daemon.run())
+        return run_loop(daemon.run())
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 def run() -> None:

@@ -16,31 +16,30 @@ from typing import Any
 
 from aiohttp import web
 
-from broker import __version__
-from broker.app import create_app
-from broker.auth import Auth
-from broker.calls import CallManager, CallRecord
-from broker.catalog import Catalog
-from broker.connection import WsConnection
-from broker.dispatch import FrameRouter
-from broker.frames import FrameCodec
-from broker.health import HealthFile
-from broker.metrics import MetricsWriter
-from broker.prometheus import PrometheusMetrics
-from broker.protocol import WorkerLost
-from broker.recent import RecentStats
-from broker.scheduler import Scheduler
-from broker.session import SessionRegistry
-from broker.settings import Settings, worker_overrides
-from broker.supervisor import PoolFailure, Supervisor, WorkerHandle, worker_environment
+from broker.calls.catalog import Catalog
+from broker.calls.manager import CallManager, CallRecord
+from broker.calls.scheduler import Scheduler
+from broker.calls.session import SessionRegistry
+from broker.observe.calllog import MetricsWriter
+from broker.observe.health import HealthFile
+from broker.observe.prometheus import PrometheusMetrics
+from broker.observe.recent import RecentStats
+from broker.pool.supervisor import PoolFailure, Supervisor, WorkerHandle, worker_environment
+from broker.router.codec import FrameCodec
+from broker.router.router import FrameRouter
+from broker.web.app import create_app
+from broker.web.auth import Auth
+from broker.web.connection import WsConnection
+from exai import __version__
+from exai.errors import WorkerLost
+from exai.exits import ExitCode
+from exai.net import ws_url
+from exai.settings import Settings, worker_overrides
 
-__all__ = ["EXIT_BIND", "EXIT_POOL", "Daemon"]
+__all__ = ["Daemon"]
 
 log = logging.getLogger("broker")
 
-EXIT_OK = 0
-EXIT_BIND = 3
-EXIT_POOL = 4
 CLOSE_GOING_AWAY = 1001
 HEALTH_FILE = "ws_daemon.health.json"
 METRICS_FILE = "ws_daemon.metrics.jsonl"
@@ -138,7 +137,7 @@ class Daemon:
             log.error(
                 "cannot listen on %s: %s (is another daemon running?)", self.settings.url, exc
             )
-            return EXIT_BIND
+            return ExitCode.BIND_FAILED
         self.port = sock.getsockname()[1]
         log.info("Starting WS daemon on %s", self._public_url())
         self._metrics_task = asyncio.get_running_loop().create_task(self.metrics.run())
@@ -149,7 +148,7 @@ class Daemon:
             await self.supervisor.stop(0.5)
             await self._close_files()
             sock.close()
-            return EXIT_POOL
+            return ExitCode.POOL_FAILED
         self.runner = web.AppRunner(create_app(self), handle_signals=False, access_log=None)
         await self.runner.setup()
         site = web.SockSite(self.runner, sock)
@@ -168,11 +167,10 @@ class Daemon:
         )
         await self._stop.wait()
         await self.shutdown(site)
-        return EXIT_POOL if self._fatal else EXIT_OK
+        return ExitCode.POOL_FAILED if self._fatal else ExitCode.OK
 
     def _public_url(self) -> str:
-        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
-        return f"ws://{host}:{self.port}"
+        return ws_url(self.settings.host, self.port)
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro))

@@ -13,18 +13,19 @@ import os
 import sys
 from collections.abc import Sequence
 
-from broker.settings import SettingsError, collect_environment, load_shim_settings
+from exai.exits import ExitCode
+from exai.loops import run as run_loop
+from exai.settings import SettingsError, collect_environment, load_shim_settings
 from shim.bridge import Bridge, parent_alive
 from shim.stdio import LineReader, StdoutWriter
 
 __all__ = ["main", "run"]
 
-EXIT_USAGE = 2
 PARENT_POLL_S = 1.0
 
 
 async def serve(bridge_settings: object) -> int:
-    from broker.settings import ShimSettings
+    from exai.settings import ShimSettings
 
     assert isinstance(bridge_settings, ShimSettings)
     loop = asyncio.get_running_loop()
@@ -86,16 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_shim_settings(collect_environment())
     except SettingsError as exc:
         print(f"exai-shim: invalid setting: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.run(serve(settings))
         # uvloop halves the shim's CPU per call for ~10 ms more start-up.
-        return uvloop.run(serve(settings))
+        return run_loop(serve(settings))
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 def run() -> None:

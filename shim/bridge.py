@@ -27,8 +27,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from broker.protocol import JSONRPC_CODES, ErrorCode
-from broker.settings import ShimSettings
+from exai.errors import JSONRPC_CODES, ErrorCode
+from exai.settings import ShimSettings
 from shim import websocket
 from shim.autostart import Autostarter
 from shim.websocket import ConnectionClosed, HandshakeError, WebSocket

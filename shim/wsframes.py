@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from enum import IntEnum
 from typing import NamedTuple
 
+from exai.net import host_for_url
+
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_CONTROL_PAYLOAD = 125
 _MASK_CHUNK = 256 * 1024
@@ -145,8 +147,7 @@ def handshake_request(
     """Build the HTTP/1.1 upgrade request; never sends an ``Origin`` header."""
     if not path.startswith("/") or any(c in path for c in " \r\n\0\t"):
         raise ValueError(f"invalid request path: {path!r}")
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
+    host = host_for_url(host)
     lines = [
         f"GET {path} HTTP/1.1",
         f"Host: {host}:{port}",

@@ -16,8 +16,10 @@ from typing import Any
 
 import orjson
 
-from broker.framing import FrameDecoder, FrameEncoder, FramingError
-from broker.ipc import (
+from exai.errors import ErrorCode
+from exai.exits import ExitCode
+from exai.framing import FrameDecoder, FrameEncoder, FramingError
+from exai.ipc import (
     BrokerMessage,
     Call,
     Cancel,
@@ -28,16 +30,14 @@ from broker.ipc import (
     SessionEnded,
     Shutdown,
 )
-from broker.protocol import ErrorCode
-from broker.settings import SettingsError, load_settings
+from exai.loops import run
+from exai.settings import SettingsError, load_settings
 from workers.host import ToolContext, ToolServer, load_tool_server, settle
 from workers.pipes import IpcPipes, take_ipc_stdout
 
 __all__ = ["Worker", "main"]
 
 log = logging.getLogger("workers")
-
-EXIT_LOAD_FAILED = 3
 
 
 class Worker:
@@ -143,7 +143,7 @@ async def serve(server: ToolServer) -> None:
             f"cannot start tool server {server.name!r}: {type(exc).__name__}: {exc}",
             file=sys.stderr,
         )
-        raise SystemExit(EXIT_LOAD_FAILED) from None
+        raise SystemExit(ExitCode.WORKER_LOAD_FAILED) from None
     if sys.platform != "win32":
         # After server.start(): a Ray driver installs its own handler, which exits from
         # inside whatever callback is running; a graceful stop is what is wanted.
@@ -166,7 +166,7 @@ def main() -> int:
         settings = load_settings(os.environ)
     except SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     logging.basicConfig(
         level=settings.log_level,
         stream=sys.stderr,
@@ -182,14 +182,9 @@ def main() -> int:
             f"{type(exc).__name__}: {exc}",
             file=sys.stderr,
         )
-        return EXIT_LOAD_FAILED
-    try:
-        import uvloop
-
-        uvloop.run(serve(server))
-    except ImportError:
-        asyncio.run(serve(server))
-    return 0
+        return ExitCode.WORKER_LOAD_FAILED
+    run(serve(server))
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from broker.protocol import ErrorCode
-from broker.settings import Settings
+from exai.errors import ErrorCode
+from exai.settings import Settings
 
 __all__ = [
     "HostedError",

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from broker.protocol import ErrorCode
+from exai.errors import ErrorCode
 from workers.host import HostedError, ToolContext
 
 __all__ = ["ClientToolServer", "HostedError", "command_target", "object_target"]

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from broker.settings import load_settings
+from exai.settings import load_settings
 from workers.host import ToolContext, ToolServer, load_tool_server, settle
 
 __all__ = ["LEDGER_NAME", "NAMESPACE", "ProviderLedger", "ToolHost"]

@@ -26,13 +26,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from broker.protocol import ErrorCode
-from broker.routing import ModelRegistry
-from broker.settings import Settings
+from exai.errors import ErrorCode
+from exai.models import ModelRegistry
+from exai.settings import Settings, ray_missing_message
 from workers.host import HostedError, ToolContext
 from workers.ray_actors import LEDGER_NAME, NAMESPACE, ProviderLedger, ToolHost
 
-__all__ = ["RayToolPool", "ray_missing_message"]
+__all__ = ["RayToolPool"]
 
 log = logging.getLogger("workers.ray")
 
@@ -47,10 +47,6 @@ PRIVATE_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 # Ray probes cloud metadata services at start-up unless its head's home has a
 # bootstrap config naming a local provider; a private cluster gets its own home.
 BOOTSTRAP_CONFIG = "provider:\n  type: local\n"
-
-
-def ray_missing_message(pool: str) -> str:
-    return f"--pool {pool} needs Ray, which is not installed: pip install 'exai-broker[ray]'"
 
 
 def _check_reachable(address: str) -> None:

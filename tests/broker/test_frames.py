@@ -1,4 +1,4 @@
-"""Unit tests for broker.frames: client frame envelopes in, JSON-RPC/op frames out."""
+"""Unit tests for broker.router.codec: client frame envelopes in, JSON-RPC/op frames out."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.frames import FrameCodec, present
-from broker.protocol import ErrorCode, InvalidArguments, InvalidFrame, OverCapacity, Timeout
-from broker.validation import parse_arguments
+from broker.calls.validation import parse_arguments
+from broker.router.codec import FrameCodec, present
+from exai.errors import ErrorCode, InvalidArguments, InvalidFrame, OverCapacity, Timeout
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Unit tests for broker.framing: length-prefixed msgpack frames on the worker pipes."""
+"""Unit tests for exai.framing: length-prefixed msgpack frames on the worker pipes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.framing import FrameDecoder, FrameEncoder, FramingError
-from broker.ipc import (
+from exai.framing import FrameDecoder, FrameEncoder, FramingError
+from exai.ipc import (
     BrokerMessage,
     Call,
     Cancel,

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from broker.health import HealthFile
+from broker.observe.health import HealthFile
 
 
 async def test_closing_while_the_writer_runs_publishes_the_last_snapshot_whole(

@@ -7,7 +7,7 @@ import json
 import pytest
 from mcp_types.methods import serialize_server_result
 
-from broker.modern import CACHEABLE_METHODS, stamp_result
+from broker.router.modern import CACHEABLE_METHODS, stamp_result
 
 MODERN = "2026-07-28"
 SERVER_INFO = b'{"name":"exai-broker","version":"0"}'

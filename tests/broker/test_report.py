@@ -1,4 +1,4 @@
-"""Unit tests for broker.report: what `python -m broker report` computes from metrics lines.
+"""Unit tests for broker.admin.report: what `python -m broker report` computes from metrics lines.
 
 Everything here runs in-process on synthetic metrics files; no daemon is started.
 """
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.report import (
+from broker.admin.report import (
     default_files,
     format_summary,
     parse_since,

@@ -1,11 +1,12 @@
-"""Unit tests for broker.routing: which model a call runs and which provider cap it takes."""
+"""Unit tests for broker.calls.routing: which model a call runs and which provider cap it takes."""
 
 from __future__ import annotations
 
 import pytest
 
-from broker.protocol import ErrorCode, InvalidArguments
-from broker.routing import MODELS, ModelRegistry, Route, resolve_route
+from broker.calls.routing import Route, resolve_route
+from exai.errors import ErrorCode, InvalidArguments
+from exai.models import MODELS, ModelRegistry
 
 REGISTRY = ModelRegistry()
 MODEL_TOOLS = frozenset({"chat"})

@@ -1,4 +1,4 @@
-"""Unit tests for broker.scheduler: caps, all-or-nothing admission, fair queues, and a
+"""Unit tests for broker.calls.scheduler: caps, all-or-nothing admission, fair queues, and a
 state-machine property test over thousands of mixed call outcomes."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from broker.scheduler import Lease, Rejection, Scheduler, Waiter
+from broker.calls.scheduler import Lease, Rejection, Scheduler, Waiter
 
 
 def make(

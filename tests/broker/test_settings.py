@@ -1,4 +1,4 @@
-"""Unit tests for broker.settings: defaults, precedence, validation and `.env` pitfalls."""
+"""Unit tests for exai.settings: defaults, precedence, validation and `.env` pitfalls."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.settings import (
+from exai.settings import (
     Settings,
     SettingsError,
     collect_environment,
@@ -444,7 +444,8 @@ def test_pool_ray_without_ray_installed_is_one_line_saying_what_to_install(
     """Without the extra, `--pool ray` stops before anything starts, saying what to do."""
     import importlib.util
 
-    from broker.__main__ import EXIT_USAGE, main
+    from broker.__main__ import main
+    from exai.exits import ExitCode
 
     real_find_spec = importlib.util.find_spec
 
@@ -452,7 +453,7 @@ def test_pool_ray_without_ray_installed_is_one_line_saying_what_to_install(
         return None if name == "ray" else real_find_spec(name, package)
 
     monkeypatch.setattr(importlib.util, "find_spec", without_ray)
-    assert main(["--pool", "ray", "--port", "0"]) == EXIT_USAGE
+    assert main(["--pool", "ray", "--port", "0"]) == ExitCode.USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "--pool ray needs Ray" in err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from broker.timeline import Timeline
+from broker.calls.timeline import Timeline
 
 DELAY_S = 0.05
 

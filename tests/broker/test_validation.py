@@ -1,4 +1,4 @@
-"""Unit tests for broker.validation: the precompiled check for simple schemas never
+"""Unit tests for broker.calls.validation: the precompiled check for simple schemas never
 accepts what jsonschema refuses, and errors still come from jsonschema."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.protocol import InvalidArguments
-from broker.validation import ArgumentValidator, _FastCheck
+from broker.calls.validation import ArgumentValidator, _FastCheck
+from exai.errors import InvalidArguments
 
 TYPE_NAMES = ["string", "number", "integer", "boolean", "null", "object", "array"]
 DRAFTS = [

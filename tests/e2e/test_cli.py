@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker import __version__
+from exai import __version__
 from tests.conftest import DaemonProcess, base_env, free_port, scaled, wait_for
 from tests.e2e.ops_support import run_cli
 

@@ -18,7 +18,7 @@ from mcp import MCPError
 from mcp.client.session import ClientSession
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from broker import __version__
+from exai import __version__
 from tests.conftest import DaemonProcess, async_wait_for, mcp_client
 
 NON_ASCII = 'héllo wörld ✓ 日本語 🚀 "quoted" back\\slash\ttab\nnewline'

@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from broker.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameEncoder, FramingError
-from broker.ipc import (
+from exai.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameEncoder, FramingError
+from exai.ipc import (
     BrokerMessage,
     Call,
     Cancel,
@@ -41,7 +41,7 @@ from broker.ipc import (
     Shutdown,
     WorkerMessage,
 )
-from broker.settings import ShimSettings
+from exai.settings import ShimSettings
 from shim.bridge import Bridge
 from shim.stdio import LineReader
 from tests.conftest import DaemonProcess, free_port, scaled, start_daemon

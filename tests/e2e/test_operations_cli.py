@@ -16,7 +16,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from broker import __version__
+from exai import __version__
 from tests.conftest import RUN_ID, DaemonProcess, async_wait_for, base_env, free_port
 from tests.e2e.ops_support import STEP_S, op_client, run_cli
 

@@ -52,8 +52,8 @@ async def test_server_log_records_sessions_workers_and_error_codes(
     assert not [line for line in lines if not LINE_RE.match(line)]
     assert re.search(r"INFO broker: ready in \d+ ms: 2 workers", text)
     for pid in pids:
-        assert re.search(rf"INFO broker.supervisor: worker \d started pid={pid}\b", text), text
-        assert re.search(rf"INFO broker.supervisor: worker \d ready pid={pid}\b", text), text
+        assert re.search(rf"INFO broker.pool.supervisor: worker \d started pid={pid}\b", text), text
+        assert re.search(rf"INFO broker.pool.supervisor: worker \d ready pid={pid}\b", text), text
         assert re.search(rf"worker \d pid={pid} exited with code 0", text), text
     assert f"session {short} opened (resumed=False)" in text
     assert f"session {short} closed" in text
@@ -79,7 +79,7 @@ async def test_server_log_rotates_by_size_keeping_the_configured_backups(
     async with op_client(daemon) as client:
         await client.ws.send_str("this is not json")  # logged at DEBUG as a bad frame
         await async_wait_for(
-            lambda: " DEBUG broker.dispatch: bad frame" in log_text(daemon),
+            lambda: " DEBUG broker.router.router: bad frame" in log_text(daemon),
             STEP_S,
             "the bad frame's DEBUG line",
         )

@@ -83,9 +83,7 @@ async def check(client: McpWsClient, method: str, params: dict[str, Any], versio
 
 
 @pytest.mark.parametrize("version", HANDSHAKE_PROTOCOL_VERSIONS)
-async def test_handshake_versions_get_their_own_shapes(
-    daemon: DaemonProcess, version: str
-) -> None:
+async def test_handshake_versions_get_their_own_shapes(daemon: DaemonProcess, version: str) -> None:
     """Each handshake version is echoed and its results carry no 2026 fields."""
     async with mcp_ws_clients(daemon, 1) as (client,):
         init = await check(

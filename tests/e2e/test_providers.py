@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from mcp import MCPError
 
-from broker.routing import MODELS
+from exai.models import MODELS
 from tests.conftest import DaemonProcess, async_wait_for, mcp_client, scaled
 from tests.fakes.openai_server import (
     FakeOpenAI,

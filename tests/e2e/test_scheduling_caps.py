@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from mcp import MCPError
 
-from broker.routing import MODELS
+from exai.models import MODELS
 from tests.conftest import DaemonProcess, mcp_client, scaled
 from tests.e2e.sched_support import (
     HOLD_S,

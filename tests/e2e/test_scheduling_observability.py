@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from broker.routing import MODELS
+from exai.models import MODELS
 from tests.conftest import DaemonProcess, async_wait_for
 from tests.e2e.sched_support import (
     HOLD_S,

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from broker.settings import SettingsError, load_settings
+from exai.settings import SettingsError, load_settings
 from tests.conftest import DaemonProcess, base_env, free_port, mcp_client, scaled
 from tests.e2e.security_support import (
     connect,

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from broker.settings import SettingsError, load_settings
+from exai.settings import SettingsError, load_settings
 from tests.conftest import DaemonProcess, async_wait_for, mcp_client, scaled
 from tests.e2e.security_support import (
     connect,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from broker.routing import ModelRegistry
-from broker.settings import Settings
+from exai.models import ModelRegistry
+from exai.settings import Settings
 from workers.builtin import diagnostics, info
 from workers.builtin.chat import TOOL as CHAT_TOOL
 from workers.builtin.chat import ChatTool

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from broker.routing import ModelRegistry
+from exai.models import ModelRegistry
 from workers.host import ToolContext, error_result
 from workers.providers.client import ChatClient, ProviderError
 from workers.providers.config import ProviderConfig

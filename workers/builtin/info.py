@@ -10,9 +10,9 @@ from typing import Any
 
 import orjson
 
-from broker import __version__
-from broker.routing import MODELS
-from broker.settings import Settings
+from exai import __version__
+from exai.models import MODELS
+from exai.settings import Settings
 from workers.host import ToolContext
 from workers.providers.config import ProviderConfig
 

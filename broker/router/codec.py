@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from broker.protocol import BrokerError, InvalidArguments, InvalidFrame
+from exai.errors import BrokerError, InvalidArguments, InvalidFrame
 
 __all__ = [
     "CallToolParams",

@@ -20,11 +20,16 @@ from typing import Any
 
 import msgspec
 
-from broker.catalog import Catalog
-from broker.frames import FrameCodec
-from broker.ipc import Call, Progress, Result, SessionEnded
-from broker.modern import stamp_result
-from broker.protocol import (
+from broker.calls.catalog import Catalog
+from broker.calls.routing import Route, resolve_route
+from broker.calls.scheduler import Lease, Rejection, Scheduler, Waiter
+from broker.calls.session import Session
+from broker.calls.timeline import Timeline
+from broker.calls.validation import parse_arguments
+from broker.pool.supervisor import Supervisor, WorkerHandle
+from broker.router.codec import FrameCodec
+from broker.router.modern import stamp_result
+from exai.errors import (
     BrokerError,
     Cancelled,
     ErrorCode,
@@ -36,17 +41,13 @@ from broker.protocol import (
     ToolNotFound,
     WorkerLost,
 )
-from broker.routing import ModelRegistry, Route, resolve_route
-from broker.scheduler import Lease, Rejection, Scheduler, Waiter
-from broker.session import Session
-from broker.settings import Settings
-from broker.supervisor import Supervisor, WorkerHandle
-from broker.timeline import Timeline
-from broker.validation import parse_arguments
+from exai.ipc import Call, Progress, Result, SessionEnded
+from exai.models import ModelRegistry
+from exai.settings import Settings
 
 __all__ = ["CallManager", "CallRecord", "PendingCall"]
 
-log = logging.getLogger("broker.calls")
+log = logging.getLogger("broker.calls.manager")
 
 STICKY_MAX = 10_000
 # How long a shim's call may run before the daemon acknowledges it separately.

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from broker.auth import is_loopback_host
+from exai.net import is_loopback_host, ws_url
 
 __all__ = [
     "DEFAULT_PROVIDER_CAPS",
@@ -24,6 +24,7 @@ __all__ = [
     "collect_environment",
     "load_settings",
     "load_shim_settings",
+    "ray_missing_message",
 ]
 
 DEFAULT_PROVIDER_CAPS = {"kimi": 6, "glm": 4}
@@ -87,8 +88,7 @@ class Settings:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+        return ws_url(self.host, self.port)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,8 +103,7 @@ class ShimSettings:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+        return ws_url(self.host, self.port)
 
 
 # --- value parsers: each returns the parsed value or raises ValueError("expected ...") ---
@@ -366,3 +365,8 @@ def load_settings(environ: Mapping[str, str], cli: Mapping[str, object] | None =
 def load_shim_settings(environ: Mapping[str, str]) -> ShimSettings:
     """Build the shim's settings from a merged environment."""
     return ShimSettings(**_parse_fields(_SHIM_FIELDS, environ))
+
+
+def ray_missing_message(pool: str) -> str:
+    """What to say when `--pool ray…` is asked for without the ray extra installed."""
+    return f"--pool {pool} needs Ray, which is not installed: pip install 'exai-broker[ray]'"

@@ -14,12 +14,13 @@ from typing import Any, Protocol
 
 import msgspec
 
-from broker import __version__
-from broker.auth import Auth
-from broker.calls import CallManager
-from broker.frames import Envelope, FrameCodec, present
-from broker.modern import stamp_result
-from broker.protocol import (
+from broker.calls.manager import CallManager
+from broker.calls.session import Session, SessionRegistry
+from broker.router.codec import Envelope, FrameCodec, present
+from broker.router.modern import stamp_result
+from broker.web.auth import Auth
+from exai import __version__
+from exai.errors import (
     LATEST_HANDSHAKE_VERSION,
     MODERN_VERSION,
     SUPPORTED_HANDSHAKE_VERSIONS,
@@ -28,12 +29,11 @@ from broker.protocol import (
     MethodNotFound,
     Unauthorized,
 )
-from broker.session import Session, SessionRegistry
-from broker.settings import Settings
+from exai.settings import Settings
 
 __all__ = ["ClientPeer", "FrameRouter"]
 
-log = logging.getLogger("broker.dispatch")
+log = logging.getLogger("broker.router.router")
 
 NULL_ID = msgspec.Raw(b"null")
 SERVER_INFO = {"name": "exai-broker", "version": __version__}

@@ -16,7 +16,7 @@ import orjson
 
 __all__ = ["HealthFile"]
 
-log = logging.getLogger("broker.health")
+log = logging.getLogger("broker.observe.health")
 
 
 class HealthFile:

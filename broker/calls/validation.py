@@ -17,11 +17,11 @@ import jsonschema
 import orjson
 from jsonschema.exceptions import SchemaError
 
-from broker.protocol import InvalidArguments
+from exai.errors import InvalidArguments
 
 __all__ = ["ArgumentValidator", "parse_arguments"]
 
-log = logging.getLogger("broker.validation")
+log = logging.getLogger("broker.calls.validation")
 
 
 def parse_arguments(raw: bytes) -> dict[str, Any]:

@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
-from broker.framing import FrameDecoder, FrameEncoder, FramingError
-from broker.ipc import Cancel, Heartbeat, Ready, Shutdown, WorkerMessage
+from exai.exits import ExitCode
+from exai.framing import FrameDecoder, FrameEncoder, FramingError
+from exai.ipc import Cancel, Heartbeat, Ready, Shutdown, WorkerMessage
 
 __all__ = ["PoolFailure", "Supervisor", "WorkerHandle"]
 
-log = logging.getLogger("broker.supervisor")
+log = logging.getLogger("broker.pool.supervisor")
 
 _POSIX = sys.platform != "win32"
 
@@ -285,6 +286,13 @@ class Supervisor:
         reason = f"worker process {handle.pid} exited ({_describe_exit(returncode)})"
         self._on_lost(handle, lost, reason)
         if self._stopping:
+            return
+        if not was_ready and returncode == ExitCode.WORKER_LOAD_FAILED:
+            # The tool server cannot load: every restart would fail the same way.
+            self._fail(
+                f"worker {handle.slot} could not load the tool server: "
+                f"{handle.last_stderr or 'no output'}"
+            )
             return
         if not was_ready:
             handle.early_deaths += 1

@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from broker.ipc import Ready
-from broker.validation import ArgumentValidator
+from broker.calls.validation import ArgumentValidator
+from exai.ipc import Ready
 
 __all__ = ["Catalog"]
 

@@ -3,25 +3,8 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 
-__all__ = ["Auth", "is_loopback_host"]
-
-_LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for loopback addresses and the loopback names; never for look-alike names
-    such as `127.0.0.1.evil.example` (a DNS-rebinding trick)."""
-    name = host.strip().lower()
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-    if name in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+__all__ = ["Auth"]
 
 
 class Auth:

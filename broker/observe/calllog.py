@@ -21,7 +21,7 @@ import msgspec
 
 __all__ = ["MetricsWriter"]
 
-log = logging.getLogger("broker.metrics")
+log = logging.getLogger("broker.observe.calllog")
 
 RETRY_MAX_S = 5.0
 # Lines wait this long for company before a write: one write (and one thread hop) per

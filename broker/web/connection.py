@@ -19,11 +19,11 @@ from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
-from broker.session import Session
+from broker.calls.session import Session
 
 __all__ = ["CLOSE_SLOW_READER", "WsConnection"]
 
-log = logging.getLogger("broker.connection")
+log = logging.getLogger("broker.web.connection")
 
 CLOSE_SLOW_READER = 1008
 # How long the socket may refuse data while answers pile up before the client is dropped.

@@ -9,18 +9,15 @@ from typing import Any
 
 import aiohttp
 
-from broker.settings import Settings
+from exai.exits import ExitCode
+from exai.net import http_url, reachable_host, ws_url
+from exai.settings import Settings
 
 __all__ = ["format_status", "read_status", "rotate_token"]
 
-EXIT_OK = 0
-EXIT_DOWN = 1
-
 
 def _http_base(settings: Settings) -> str:
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
-    host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
-    return f"http://{host}:{settings.port}"
+    return http_url(reachable_host(settings.host), settings.port)
 
 
 async def read_status(
@@ -51,13 +48,13 @@ async def read_status(
 def format_status(snapshot: dict[str, Any] | None, source: str) -> tuple[str, int]:
     """A human-readable summary and the exit code: 0 healthy, 1 down."""
     if snapshot is None:
-        return f"DOWN: {source}; no health file either", EXIT_DOWN
+        return f"DOWN: {source}; no health file either", ExitCode.FAILED
     age_s = time.time() - float(snapshot.get("t", 0))
     if not source.startswith("live"):
         return (
             f"DOWN: {source}; last health snapshot is {age_s:.0f} s old "
             f"(pid {snapshot.get('pid')})",
-            EXIT_DOWN,
+            ExitCode.FAILED,
         )
     inflight = snapshot.get("inflight", {})
     capacity = snapshot.get("capacity", {})
@@ -87,14 +84,14 @@ def format_status(snapshot: dict[str, Any] | None, source: str) -> tuple[str, in
         f"metrics lines dropped {snapshot.get('metrics_dropped', 0)}",
     ]
     healthy = not snapshot.get("draining") and live > 0
-    return "\n".join(lines), EXIT_OK if healthy else EXIT_DOWN
+    return "\n".join(lines), ExitCode.OK if healthy else ExitCode.FAILED
 
 
 async def rotate_token(
     settings: Settings, old: str, new: str, timeout_s: float = 5.0
 ) -> tuple[bool, str]:
     """Ask the running daemon to replace its token; (ok, message)."""
-    url = _http_base(settings).replace("http://", "ws://") + "/"
+    url = ws_url(reachable_host(settings.host), settings.port, "/")
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         async with (

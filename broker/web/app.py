@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from broker.auth import is_loopback_host
-from broker.connection import WsConnection
-from broker.dispatch import CLOSE_HELLO_TIMEOUT
-from broker.prometheus import CONTENT_TYPE
+from broker.observe.prometheus import CONTENT_TYPE
+from broker.router.router import CLOSE_HELLO_TIMEOUT
+from broker.web.connection import WsConnection
+from exai.net import is_loopback_host
 
 if TYPE_CHECKING:
     from broker.daemon import Daemon
 
 __all__ = ["DAEMON_KEY", "create_app"]
 
-log = logging.getLogger("broker.app")
+log = logging.getLogger("broker.web.app")
 
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 _END_OF_STREAM = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)

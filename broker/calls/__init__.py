@@ -1,0 +1,1 @@
+"""A call's life: sessions, admission, routing, validation, deadlines, answers."""

@@ -1,0 +1,1 @@
+"""What the daemon tells: the per-call log, Prometheus, the health file, recent stats."""

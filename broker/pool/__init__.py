@@ -1,0 +1,1 @@
+"""The worker pool: supervised worker processes and the handles the calls use."""
