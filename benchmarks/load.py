@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shlex
 import signal
 import sys
 import time
@@ -142,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=["local"],
         help="rerun every daemon cell per worker pool, e.g. local,ray (ray needs the ray "
         "extra; run it in a loopback-only namespace, see benchmarks/README.md)",
+    )
+    add(
+        "--hosted",
+        action="store_true",
+        help="the daemon hosts the stock SDK stdio server of the sdk-stdio baseline "
+        "(--server-cmd): ws-mcp and shim cells go through the broker to the same server "
+        "that sdk-stdio talks to directly",
     )
     add("--out", type=Path, help="JSON file (default benchmarks/out/load-<timestamp>.json)")
     return parser
@@ -288,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "EXAI_WS_SESSION_MAX_INFLIGHT": str(args.session_cap),
         "EXAI_WS_GLOBAL_MAX_INFLIGHT": str(args.global_cap),
     }
+    if args.hosted:
+        env["EXAI_SERVER_CMD"] = shlex.join([sys.executable, *SDK_STDIO_ARGS])
     if args.idle_sessions:
         # Room for the idle sessions above the product's 512 connections.
         env["EXAI_WS_MAX_CONNECTIONS"] = str(max(512, args.idle_sessions + 64))
