@@ -1,0 +1,1 @@
+"""Hosted MCP servers owned by the daemon: their processes, handshakes and relays."""
