@@ -22,7 +22,7 @@ GIT = (
 def test_one_hosted_server_is_presented_as_itself() -> None:
     capabilities, info, instructions = present([FS], OWN, own_tools=False)
     assert capabilities == {"resources": {"subscribe": True}, "tools": {}}
-    assert info == FS_INFO and instructions == "Files."
+    assert info == {"name": "fs", "version": "2"} and instructions == "Files."
 
 
 def test_several_are_merged_under_the_daemons_name() -> None:
