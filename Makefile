@@ -7,16 +7,28 @@ PY := $(VENV)/bin/python
 
 NODE_DIR := .cache/node
 
-.PHONY: install node-tools run test test-ray lint bench clean
+# Build back-ends print walls of deprecation notices about themselves; they say nothing
+# about this project, so the installs keep quiet.
+PIP := PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: install install-run node-tools run test test-ray lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PIP) --upgrade pip
 
+# Byte-compiled once: shims and workers start faster, even under PYTHONDONTWRITEBYTECODE.
+COMPILE := $(PY) -m compileall -q exai broker workers shim
+
+# What running the daemon needs, and no more.
+install-run: $(PY)
+	$(PIP) -e .
+	$(COMPILE)
+
+# Everything the tests, linters and benchmarks need too.
 install: $(PY)
-	$(PY) -m pip install --quiet -e '.[test,dev]' --config-settings editable_mode=compat
-	@# Byte-compile once: shims and workers start faster, even under PYTHONDONTWRITEBYTECODE.
-	$(PY) -m compileall -q exai broker workers shim
+	$(PIP) -e '.[test,dev]'
+	$(COMPILE)
 
 # Third-party MCP peers for the interop tests (server-everything, the Inspector CLI).
 # Optional: without npm the tests that need them are skipped.
@@ -29,7 +41,7 @@ node-tools:
 		|| echo "npm install failed: interop tests will be skipped"; \
 	else echo "npm not found: interop tests will be skipped"; fi
 
-run: install
+run: install-run
 	$(PY) -m broker --workers 4
 
 test: install node-tools
@@ -39,7 +51,7 @@ test: install node-tools
 # The Ray pool's tests need the ray extra and run in a network namespace with only
 # loopback up, so nothing Ray starts can reach past this machine.
 test-ray: install
-	$(PY) -m pip install --quiet -e '.[ray]' --config-settings editable_mode=compat
+	$(PIP) -e '.[ray]'
 	@if unshare -n true 2>/dev/null && command -v ip >/dev/null; then \
 		unshare -n sh -c 'ip link set lo up && exec $(PY) -m pytest -m ray -p no:cacheprovider'; \
 	else echo "no unshare -n here (it needs root): the ray tests are skipped"; fi
