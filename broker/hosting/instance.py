@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from exai import __version__
+from exai.coalesce import WriteCoalescer
 from exai.relay import Relay, RelayEvent, Reply
 
 __all__ = ["HandshakeError", "HostedInstance", "ServerIdentity"]
@@ -153,10 +154,9 @@ class HostedInstance:
         self._on_event = on_event
         self._max_line_bytes = max_line_bytes
         self._pipes: _Pipes | None = None
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
-        self._handshake: asyncio.Future[Reply] | None = None
         self._loop = asyncio.get_running_loop()
+        self._writes = WriteCoalescer(self._loop, self._write_now)
+        self._handshake: asyncio.Future[Reply] | None = None
 
     # --- life ------------------------------------------------------------------------
 
@@ -283,20 +283,14 @@ class HostedInstance:
         self._on_event(self, event)
 
     def _write(self, line: bytes) -> None:
-        if not self.alive:
-            return
-        self._out.append(line)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        if self.alive:
+            self._writes.add(line)
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out, self._out = self._out, []
+    def _write_now(self, data: bytes) -> None:
         transport = self._pipes.transport if self._pipes else None
         stdin = transport.get_pipe_transport(0) if transport is not None else None
         if stdin is not None and not stdin.is_closing():
-            stdin.write(b"".join(out))  # type: ignore[attr-defined]
+            stdin.write(data)  # type: ignore[attr-defined]
 
 
 def _end(transport: asyncio.SubprocessTransport, *, kill: bool) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from broker.hosting.instance import HandshakeError, HostedInstance, ServerIdentity
 from exai.relay import RelayEvent
+from exai.settings import Isolation
 
 __all__ = ["HostedServer", "Isolation", "ServerState"]
 
@@ -36,11 +37,6 @@ BACKOFF_MAX_S = 30.0
 # A run this long counts as stable: the next death starts the backoff afresh.
 STABLE_AFTER_S = 30.0
 MAX_QUICK_FAILURES = 5
-
-
-class Isolation(enum.StrEnum):
-    SHARED = "shared"
-    SESSION = "session"
 
 
 class ServerState(enum.StrEnum):
