@@ -8,16 +8,20 @@ only when a .env file exists).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from exai.net import is_loopback_host, ws_url
 
 __all__ = [
     "DEFAULT_PROVIDER_CAPS",
+    "Isolation",
+    "LogFormat",
+    "PoolKind",
     "Settings",
     "SettingsError",
     "ShimSettings",
@@ -35,6 +39,25 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 class SettingsError(ValueError):
     """An invalid configuration value; the message is the one line the user sees."""
+
+
+class Isolation(enum.StrEnum):
+    """Who shares a hosted server instance: every client, or only one session."""
+
+    SHARED = "shared"
+    SESSION = "session"
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class PoolKind(enum.StrEnum):
+    """Where the workers run: processes on this machine, or actors on a Ray cluster."""
+
+    LOCAL = "local"
+    RAY = "ray"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,7 +85,7 @@ class Settings:
     workers: int = 4
     log_dir: str = "logs"
     log_level: str = "INFO"
-    log_format: str = "text"
+    log_format: LogFormat = LogFormat.TEXT
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 5
     diagnostic_tools: bool = False
@@ -78,17 +101,26 @@ class Settings:
     max_calls_per_worker: int = 0
     max_connections: int = 512
     server_cmd: str = ""
-    isolation: str = "shared"
+    isolation: Isolation = Isolation.SHARED
     session_idle_timeout_s: float = 600.0
     session_instances_max: int = 16
     model_tools: tuple[str, ...] = ()
-    pool: str = "local"
+    pool_kind: PoolKind = PoolKind.LOCAL
+    # The Ray cluster to join; None (with RAY) starts a private one on 127.0.0.1.
+    pool_address: str | None = None
     ray_lease_ttl_s: float = 15.0
     ray_actor_cpus: float = 0.0
 
     @property
     def url(self) -> str:
         return ws_url(self.host, self.port)
+
+    @property
+    def pool(self) -> str:
+        """The pool as `--pool` spells it: local, ray, or ray:ADDRESS."""
+        if self.pool_address is None:
+            return str(self.pool_kind)
+        return f"{self.pool_kind}:{self.pool_address}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -181,21 +213,31 @@ def _log_level(raw: str) -> str:
     return value
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}")
-        return value
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+def _choice(kind: type[_E]) -> Callable[[str], _E]:
+    expected = f"expected one of {', '.join(kind)}"
+
+    def parse(raw: str) -> _E:
+        try:
+            return kind(raw.strip().lower())
+        except ValueError:
+            raise ValueError(expected) from None
 
     return parse
 
 
-def _pool(raw: str) -> str:
+def _pool(raw: str) -> tuple[PoolKind, str | None]:
+    """(kind, address): `ray:ADDRESS` is a cluster to join, plain `ray` a private one."""
     value = raw.strip()
     kind, sep, address = value.partition(":")
-    if value in ("local", "ray") or (kind == "ray" and sep and address.strip()):
-        return value
+    if value == PoolKind.LOCAL:
+        return PoolKind.LOCAL, None
+    if value == PoolKind.RAY:
+        return PoolKind.RAY, None
+    if kind == PoolKind.RAY and sep and address.strip():
+        return PoolKind.RAY, address.strip()
     raise ValueError("expected local, ray, or ray:ADDRESS (a Ray cluster, e.g. ray:10.0.0.5:6379)")
 
 
@@ -226,7 +268,7 @@ _DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_WORKERS": ("workers", _int(1, 256)),
     "EXAI_LOG_DIR": ("log_dir", _folder),
     "EXAI_LOG_LEVEL": ("log_level", _log_level),
-    "EXAI_LOG_FORMAT": ("log_format", _choice("text", "json")),
+    "EXAI_LOG_FORMAT": ("log_format", _choice(LogFormat)),
     "EXAI_LOG_MAX_BYTES": ("log_max_bytes", _int(1024)),
     "EXAI_LOG_BACKUPS": ("log_backups", _int(0, 100)),
     "EXAI_DIAGNOSTIC_TOOLS": ("diagnostic_tools", _bool),
@@ -242,10 +284,11 @@ _DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_MAX_CALLS_PER_WORKER": ("max_calls_per_worker", _int(0)),
     "EXAI_WS_MAX_CONNECTIONS": ("max_connections", _int(1)),
     "EXAI_SERVER_CMD": ("server_cmd", _str),
-    "EXAI_ISOLATION": ("isolation", _choice("shared", "session")),
+    "EXAI_ISOLATION": ("isolation", _choice(Isolation)),
     "EXAI_SESSION_IDLE_TIMEOUT": ("session_idle_timeout_s", _float(0, exclusive=True)),
     "EXAI_SESSION_INSTANCES_MAX": ("session_instances_max", _int(1)),
     "EXAI_MODEL_TOOLS": ("model_tools", _names),
+    # Two fields, split in load_settings; `Settings.pool` spells them as one again.
     "EXAI_POOL": ("pool", _pool),
     "EXAI_RAY_LEASE_TTL": ("ray_lease_ttl_s", _float(1)),
     "EXAI_RAY_ACTOR_CPUS": ("ray_actor_cpus", _float(0)),
@@ -349,6 +392,8 @@ def load_settings(environ: Mapping[str, str], cli: Mapping[str, object] | None =
         if value is not None and flag in CLI_TO_ENV:
             env[CLI_TO_ENV[flag]] = str(value)
     values = _parse_fields(_DAEMON_FIELDS, env)
+    if "pool" in values:
+        values["pool_kind"], values["pool_address"] = values.pop("pool")
     values["provider_caps"] = _provider_caps(env)
     host = values.get("host", "127.0.0.1")
     if not host:

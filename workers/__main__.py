@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -31,11 +32,12 @@ from exai.ipc import (
     Shutdown,
 )
 from exai.loops import run
-from exai.settings import SettingsError, load_settings
-from workers.host import ToolContext, ToolServer, load_tool_server, settle
+from exai.settings import PoolKind, Settings, SettingsError, load_settings
+from workers.host import load_tool_server
 from workers.pipes import IpcPipes, take_ipc_stdout
+from workers.toolserver import ToolContext, ToolServer, settle
 
-__all__ = ["Worker", "main"]
+__all__ = ["Worker", "load_server", "main"]
 
 log = logging.getLogger("workers")
 
@@ -129,6 +131,18 @@ class Worker:
                 await asyncio.wait(still_running, timeout=1.0)
 
 
+def load_server(settings: Settings, environ: Mapping[str, str]) -> ToolServer:
+    """What this worker hosts: the bridge to a Ray pool (`--pool ray`), or the tool server.
+
+    A `--server-cmd` command is hosted in this process whatever the pool.
+    """
+    if settings.pool_kind is PoolKind.RAY and not settings.server_cmd:
+        from workers.ray_pool import RayToolPool
+
+        return RayToolPool(settings, environ)
+    return load_tool_server(settings, environ)
+
+
 async def serve(server: ToolServer) -> None:
     loop = asyncio.get_running_loop()
     worker = Worker(server, loop)
@@ -175,7 +189,7 @@ def main() -> int:
     # Load the tool server before the loop starts so an import error fails fast and
     # visibly, before Ready: the supervisor treats that as a broken configuration.
     try:
-        server = load_tool_server(settings, os.environ)
+        server = load_server(settings, os.environ)
     except Exception as exc:  # any import-time failure of the hosted server
         print(
             f"cannot load tool server {settings.server or 'builtin'!r}: "

@@ -6,7 +6,7 @@ Two kinds of target, one mechanism (`mcp.Client`):
 - a stdio MCP server command (`--server-cmd "CMD ARGS"`), started by the worker and
   restarted if it dies.
 
-With `isolation="session"` every client session gets its own instance (started on
+With `Isolation.SESSION` every client session gets its own instance (started on
 first use, closed when the session ends or idles), so stateful servers never leak
 state between clients.
 """
@@ -22,7 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from exai.errors import ErrorCode
-from workers.host import HostedError, ToolContext
+from exai.settings import Isolation
+from workers.toolserver import HostedError, ToolContext
 
 __all__ = ["ClientToolServer", "HostedError", "command_target", "object_target"]
 
@@ -113,7 +114,7 @@ class ClientToolServer:
         name: str,
         target: Callable[[], Target],
         *,
-        isolation: str = "shared",
+        isolation: Isolation = Isolation.SHARED,
         idle_timeout_s: float = 600.0,
         max_instances: int = 16,
         model_tools: frozenset[str] = frozenset(),
@@ -122,7 +123,7 @@ class ClientToolServer:
         self.tools: list[dict[str, Any]] = []
         self.model_tools = model_tools
         self._target = target
-        self._isolation = isolation
+        self._isolation = Isolation(isolation)
         self._idle_timeout_s = idle_timeout_s
         self._max_instances = max_instances
         self._shared: _Instance | None = None
@@ -138,7 +139,7 @@ class ClientToolServer:
         self.tools = [
             t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in listed.tools
         ]
-        if self._isolation == "shared":
+        if self._isolation is Isolation.SHARED:
             self._shared = probe
         else:
             await probe.close()
@@ -173,7 +174,7 @@ class ClientToolServer:
             instance.last_used = time.monotonic()
 
     async def _instance_for(self, session_id: str) -> _Instance:
-        if self._isolation == "shared":
+        if self._isolation is Isolation.SHARED:
             if self._shared is None or not self._shared.alive:
                 log.warning("hosted MCP server is not running; starting it again")
                 self._shared = _Instance(self._target())

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
+from exai.coalesce import WriteCoalescer
+
 __all__ = ["IpcPipes", "take_ipc_stdout"]
 
 
@@ -46,8 +48,7 @@ class IpcPipes:
         self._stdout = stdout
         self._on_data = on_data
         self._on_eof = on_eof
-        self._out = bytearray()
-        self._flush_scheduled = False
+        self._writes = WriteCoalescer(loop, self._write)
         self._transport: asyncio.WriteTransport | None = None
         self._write_queue: list[bytes] = []
         self._write_cv = threading.Condition()
@@ -76,19 +77,12 @@ class IpcPipes:
 
     def buffer(self) -> bytearray:
         """The pending output; append frames to it, then call `schedule_flush`."""
-        return self._out
+        return self._writes.buffer
 
     def schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._writes.schedule()
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if not self._out:
-            return
-        data = bytes(self._out)
-        self._out.clear()
+    def _write(self, data: bytes) -> None:
         if self._transport is not None:
             if not self._transport.is_closing():
                 self._transport.write(data)

@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from exai.settings import load_settings
-from workers.host import ToolContext, ToolServer, load_tool_server, settle
+from workers.host import load_tool_server
+from workers.toolserver import ToolContext, ToolServer, settle
 
 __all__ = ["LEDGER_NAME", "NAMESPACE", "ProviderLedger", "ToolHost"]
 

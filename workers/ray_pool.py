@@ -16,7 +16,6 @@ under `--isolation session`, sticks to one host, whose memory holds its state.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -28,15 +27,15 @@ from typing import Any
 
 from exai.errors import ErrorCode
 from exai.models import ModelRegistry
-from exai.settings import Settings, ray_missing_message
-from workers.host import HostedError, ToolContext
+from exai.settings import Isolation, Settings, ray_missing_message
+from exai.sticky import StickyMap
 from workers.ray_actors import LEDGER_NAME, NAMESPACE, ProviderLedger, ToolHost
+from workers.toolserver import HostedError, ToolContext
 
 __all__ = ["RayToolPool"]
 
 log = logging.getLogger("workers.ray")
 
-STICKY_MAX = 10_000
 DESCRIBE_TIMEOUT_S = 120.0
 PROBE_TIMEOUT_S = 10.0
 # How long a lost host may take to come back before it is replaced by a new one.
@@ -91,9 +90,9 @@ class RayToolPool:
         self._settings = settings
         # The actors host the real tool server, so they must not see the pool setting.
         self._actor_env = {**environ, "EXAI_POOL": "local"}
-        self._address = settings.pool.partition(":")[2] or None
+        self._address = settings.pool_address
         self._hosts: list[_Host] = []
-        self._sticky: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._sticky = StickyMap()
         self._turn = 0
         self._any_live: asyncio.Event | None = None
         self._registry = ModelRegistry()
@@ -262,7 +261,7 @@ class RayToolPool:
         continuation = arguments.get("continuation_id")
         key = (
             f"session:{session_id}"
-            if self._settings.isolation == "session"
+            if self._settings.isolation == Isolation.SESSION
             else continuation
             if isinstance(continuation, str)
             else None
@@ -271,7 +270,6 @@ class RayToolPool:
             if key is not None:
                 index = self._sticky.get(key)
                 if index is not None and self._hosts[index].live:
-                    self._sticky.move_to_end(key)
                     return self._hosts[index]
             # Rotate the starting point so idle hosts take turns instead of host 0
             # taking every call of a quiet pool.
@@ -281,9 +279,7 @@ class RayToolPool:
             if live:
                 best = min(live, key=lambda h: h.calls)
                 if key is not None:
-                    self._sticky[key] = best.index
-                    if len(self._sticky) > STICKY_MAX:
-                        self._sticky.popitem(last=False)
+                    self._sticky.place(key, best.index)
                 return best
             # Every host is being restarted: wait (the broker's deadline still holds).
             assert self._any_live is not None

@@ -10,11 +10,15 @@ from pathlib import Path
 import pytest
 
 from exai.settings import (
+    Isolation,
+    LogFormat,
+    PoolKind,
     Settings,
     SettingsError,
     collect_environment,
     load_settings,
     load_shim_settings,
+    worker_overrides,
 )
 
 
@@ -65,6 +69,9 @@ def test_defaults_match_the_design_table() -> None:
     assert s.log_dir == "logs"
     assert s.default_model == "glm-4.5-flash"
     assert s.url == "ws://127.0.0.1:8765"
+    assert s.isolation is Isolation.SHARED
+    assert s.log_format is LogFormat.TEXT
+    assert (s.pool_kind, s.pool_address, s.pool) == (PoolKind.LOCAL, None, "local")
 
 
 def test_collect_environment_without_a_dotenv_is_the_process_environment(
@@ -174,6 +181,10 @@ def test_explicit_missing_env_file_is_an_error(tmp_path: Path) -> None:
         ("EXAI_WS_QUEUE_TIMEOUT", "-1"),
         ("EXAI_WS_RESUME_GRACE", "soon"),
         ("EXAI_WS_PING_INTERVAL", "0"),
+        ("EXAI_ISOLATION", "private"),
+        ("EXAI_ISOLATION", ""),
+        ("EXAI_LOG_FORMAT", "xml"),
+        ("EXAI_POOL", "dask"),
     ],
 )
 def test_invalid_value_names_variable_value_and_expectation(var: str, raw: str) -> None:
@@ -459,3 +470,61 @@ def test_pool_ray_without_ray_installed_is_one_line_saying_what_to_install(
     assert "--pool ray needs Ray" in err
     assert "pip install 'exai-broker[ray]'" in err
     assert not Path("logs").exists(), "nothing may start before the check"
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "address"),
+    [
+        ("local", PoolKind.LOCAL, None),
+        (" ray ", PoolKind.RAY, None),
+        ("ray:10.0.0.5:6379", PoolKind.RAY, "10.0.0.5:6379"),
+        ("ray: 10.0.0.5:6379 ", PoolKind.RAY, "10.0.0.5:6379"),
+        ("ray:auto", PoolKind.RAY, "auto"),
+        ("ray:ray://head:10001", PoolKind.RAY, "ray://head:10001"),
+    ],
+)
+def test_pool_is_a_kind_and_for_a_cluster_its_address(
+    raw: str, kind: PoolKind, address: str | None
+) -> None:
+    """`ray:ADDRESS` joins a cluster (the address is everything after the first colon);
+    plain `ray` has no address: a private cluster."""
+    s = load_settings({"EXAI_POOL": raw})
+    assert (s.pool_kind, s.pool_address) == (kind, address)
+    assert s.pool == (kind if address is None else f"ray:{address}")
+
+
+@pytest.mark.parametrize(
+    ("var", "raw"),
+    [("EXAI_ISOLATION", "private"), ("EXAI_LOG_FORMAT", "yaml")],
+)
+def test_a_bad_choice_lists_the_choices(var: str, raw: str) -> None:
+    message = settings_error({var: raw})
+    assert message.startswith(f"{var}={raw!r}: expected one of ")
+    choices = {"EXAI_ISOLATION": "shared, session", "EXAI_LOG_FORMAT": "text, json"}[var]
+    assert message.endswith(choices)
+
+
+def test_choices_are_typed_and_case_insensitive() -> None:
+    s = load_settings({"EXAI_ISOLATION": " Session ", "EXAI_LOG_FORMAT": "JSON"})
+    assert s.isolation is Isolation.SESSION
+    assert s.log_format is LogFormat.JSON
+    # Code written against the plain strings still reads them.
+    assert s.isolation == "session" and s.log_format == "json"
+
+
+def test_cli_choices_fail_like_variables() -> None:
+    message = settings_error({}, {"isolation": "private"})
+    assert "EXAI_ISOLATION" in message and "'private'" in message
+    assert load_settings({}, {"pool": "ray:h:1"}).pool_address == "h:1"
+
+
+@pytest.mark.parametrize("pool", ["local", "ray", "ray:10.0.0.5:6379"])
+def test_workers_rebuild_the_same_typed_settings_from_the_overrides(pool: str) -> None:
+    """What the daemon resolved (flags included) reaches its workers unchanged."""
+    daemon = load_settings({}, {"pool": pool, "isolation": "session", "log_format": "json"})
+    overrides = worker_overrides(daemon)
+    assert overrides["EXAI_POOL"] == pool
+    assert overrides["EXAI_ISOLATION"] == "session"
+    worker = load_settings(overrides)
+    assert (worker.pool_kind, worker.pool_address) == (daemon.pool_kind, daemon.pool_address)
+    assert (worker.isolation, worker.log_format) == (Isolation.SESSION, LogFormat.JSON)

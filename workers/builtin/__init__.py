@@ -10,8 +10,8 @@ from exai.settings import Settings
 from workers.builtin import diagnostics, info
 from workers.builtin.chat import TOOL as CHAT_TOOL
 from workers.builtin.chat import ChatTool
-from workers.host import ToolContext
 from workers.providers.config import provider_configs
+from workers.toolserver import ToolContext
 
 __all__ = ["BuiltinTools"]
 

@@ -12,9 +12,9 @@ from collections import OrderedDict
 from typing import Any
 
 from exai.models import ModelRegistry
-from workers.host import ToolContext, error_result
 from workers.providers.client import ChatClient, ProviderError
 from workers.providers.config import ProviderConfig
+from workers.toolserver import ToolContext, error_result
 
 __all__ = ["TOOL", "ChatTool"]
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from workers.host import ToolContext
+from workers.toolserver import ToolContext
 
 __all__ = ["HANDLERS", "TOOLS"]
 

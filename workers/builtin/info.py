@@ -13,8 +13,8 @@ import orjson
 from exai import __version__
 from exai.models import MODELS
 from exai.settings import Settings
-from workers.host import ToolContext
 from workers.providers.config import ProviderConfig
+from workers.toolserver import ToolContext
 
 __all__ = ["TOOLS", "handlers"]
 
