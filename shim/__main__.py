@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from exai.exits import ExitCode
 from exai.loops import run as run_loop
-from exai.settings import SettingsError, collect_environment, load_shim_settings
-from shim.bridge import Bridge, parent_alive
+from exai.settings import SettingsError, ShimSettings, collect_environment, load_shim_settings
+from shim.bridge import Bridge
 from shim.stdio import LineReader, StdoutWriter
 
 __all__ = ["main", "run"]
@@ -24,13 +24,11 @@ __all__ = ["main", "run"]
 PARENT_POLL_S = 1.0
 
 
-async def serve(bridge_settings: object) -> int:
-    from exai.settings import ShimSettings
-
-    assert isinstance(bridge_settings, ShimSettings)
+async def serve(settings: ShimSettings) -> int:
+    """Serve the client on our stdio until it is gone and owed nothing more."""
     loop = asyncio.get_running_loop()
     writer = StdoutWriter(loop, sys.stdout.buffer)
-    bridge = Bridge(bridge_settings, writer.write_line)
+    bridge = Bridge(settings, writer.write_line)
     reader = LineReader(
         loop,
         sys.stdin.buffer,
@@ -59,10 +57,15 @@ async def _watch_parent(bridge: Bridge) -> None:
         await asyncio.sleep(PARENT_POLL_S)
         if not parent_alive(original):
             logging.getLogger("shim").warning("client process is gone; exiting")
-            bridge.pending.clear()
-            bridge.stdin_closed = True
-            bridge.done.set()
+            bridge.abandon()
             return
+
+
+def parent_alive(original_ppid: int) -> bool:
+    """False once the process that started us is gone (we were re-parented)."""
+    if sys.platform == "win32":
+        return True
+    return os.getppid() == original_ppid
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
+from exai.coalesce import WriteCoalescer
+
 __all__ = ["LineReader", "StdoutWriter", "split_lines"]
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
@@ -115,26 +117,22 @@ class StdoutWriter:
     """Batches lines for the client and writes them on the next loop turn."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stream: BinaryIO) -> None:
-        self._loop = loop
         self._stream = stream
-        self._out = bytearray()
-        self._scheduled = False
+        self._writes = WriteCoalescer(loop, self._write)
         self.broken = False
 
     def write_line(self, line: bytes) -> None:
-        self._out += line
-        self._out += b"\n"
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
+        buffer = self._writes.buffer
+        buffer += line
+        buffer += b"\n"
+        self._writes.schedule()
 
     def flush(self) -> None:
-        self._scheduled = False
-        if not self._out or self.broken:
-            self._out.clear()
+        self._writes.flush()
+
+    def _write(self, data: bytes) -> None:
+        if self.broken:
             return
-        data = bytes(self._out)
-        self._out.clear()
         try:
             self._stream.write(data)
             self._stream.flush()

@@ -22,17 +22,14 @@ from collections.abc import Mapping, Sequence
 from shim.wsframes import (
     CLOSE_NO_STATUS,
     FrameParser,
-    HandshakeError,
     Message,
     Opcode,
     ProtocolError,
     encode_close,
     encode_frame,
-    handshake_request,
-    make_key,
     parse_close,
-    parse_handshake_response,
 )
+from shim.wshandshake import HandshakeError, handshake_request, make_key, parse_handshake_response
 
 _HEAD_LIMIT = 64 * 1024
 _READ_CHUNK = 256 * 1024

@@ -10,7 +10,8 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from shim.websocket import ConnectionClosed, HandshakeError, WebSocket, connect
-from shim.wsframes import FrameParser, Message, Opcode, accept_for, mask_payload, parse_close
+from shim.wsframes import FrameParser, Message, Opcode, mask_payload, parse_close
+from shim.wshandshake import accept_for
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,0 +1,180 @@
+"""Keeping a bridge connected to its daemon: connect, say hello, serve, and reconnect
+with backoff until the bridge is done.
+
+While a connection is up, its frames go to the bridge as they arrive; the bridge
+learns of each connection and of its end through `handle_connected` and
+`handle_disconnected`. Serving races three tasks under `asyncio.wait(FIRST_COMPLETED)`
+(the reader, a reconnect request, the bridge being done); the losers are cancelled in
+`finally`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Protocol
+
+from exai.settings import ShimSettings
+from shim import websocket
+from shim.autostart import Autostarter
+from shim.hello import CLOSE_UNAUTHORIZED, SessionRefused, hello_frame, read_hello_ack
+from shim.websocket import ConnectionClosed, HandshakeError, WebSocket
+
+__all__ = ["ConnectionLoop", "DaemonPeer", "backoff_delay_s", "describe", "refuses_token"]
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START_S = 0.05
+BACKOFF_MAX_S = 2.0
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+# Ours when we drop a connection to open another (a stalled one): the session lives on.
+CLOSE_RECONNECTING = 4000
+
+
+class DaemonPeer(Protocol):
+    """What the connection loop needs of the bridge it keeps connected."""
+
+    @property
+    def done(self) -> asyncio.Event: ...
+
+    def handle_connected(self, ws: WebSocket, resumed: bool) -> None: ...
+
+    def handle_disconnected(self) -> None: ...
+
+    def handle_daemon_frame(self, frame: bytes) -> None: ...
+
+    def handle_unauthorized(self, message: str) -> None: ...
+
+
+class ConnectionLoop:
+    """One session's connections to the daemon, one after another."""
+
+    def __init__(self, settings: ShimSettings, session_id: str, peer: DaemonPeer) -> None:
+        self.settings = settings
+        self.session_id = session_id
+        self.peer = peer
+        # Why the last attempt failed or the last connection ended, for error messages.
+        self.last_error = "not connected yet"
+        self._reconnect_now = asyncio.Event()
+        self.autostarter: Autostarter | None = (
+            Autostarter(settings.log_dir) if settings.autostart else None
+        )
+
+    def reconnect(self) -> None:
+        """Drop the current connection and open a new one: it may be half-dead."""
+        self._reconnect_now.set()
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect with backoff until the peer is done."""
+        attempt = 0
+        done = self.peer.done
+        while not done.is_set():
+            try:
+                ws, resumed = await self._open()
+            except (
+                OSError,
+                HandshakeError,
+                SessionRefused,
+                ConnectionClosed,
+                TimeoutError,
+                ValueError,
+            ) as exc:
+                attempt += 1
+                await self._handle_failed_open(exc, attempt)
+                continue
+            attempt = 0
+            self.peer.handle_connected(ws, resumed)
+            await self._serve(ws)
+
+    async def _handle_failed_open(self, exc: BaseException, attempt: int) -> None:
+        self.last_error = describe(exc)
+        if isinstance(exc, ConnectionRefusedError) and self.autostarter is not None:
+            self.autostarter.maybe_start()
+        if refuses_token(exc):
+            self.peer.handle_unauthorized(
+                f"the daemon at {self.settings.url} refused our token ({self.last_error}): "
+                "set EXAI_WS_TOKEN in this client's shim env to the daemon's token"
+            )
+        if attempt == 1 or attempt % 20 == 0:
+            log.warning("cannot reach daemon at %s: %s", self.settings.url, self.last_error)
+        await asyncio.sleep(backoff_delay_s(attempt, random.random()))
+
+    async def _open(self) -> tuple[WebSocket, bool]:
+        settings = self.settings
+        headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else None
+        ws = await websocket.connect(
+            settings.host,
+            settings.port,
+            headers=headers,
+            open_timeout_s=settings.rpc_timeout_s,
+            max_message_bytes=settings.max_frame_bytes,
+        )
+        try:
+            await ws.send_text(hello_frame(self.session_id, settings.token))
+            return ws, read_hello_ack(await asyncio.wait_for(ws.recv(), settings.rpc_timeout_s))
+        except SessionRefused as refused:
+            # The closing handshake brings the daemon's close code: an older daemon's
+            # refusal carries no code of its own, only that.
+            await ws.close()
+            raise refused.closed_with(ws.close_code) from None
+        except BaseException:
+            await ws.close()
+            raise
+
+    async def _serve(self, ws: WebSocket) -> None:
+        loop = asyncio.get_running_loop()
+        done = self.peer.done
+        reader = loop.create_task(self._read(ws))
+        reconnect = loop.create_task(self._reconnect_now.wait())
+        finished = loop.create_task(done.wait())
+        try:
+            await asyncio.wait({reader, reconnect, finished}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, reconnect, finished):
+                task.cancel()
+            self._reconnect_now.clear()
+            self.peer.handle_disconnected()
+            code = CLOSE_NORMAL if done.is_set() else CLOSE_RECONNECTING
+            # A connection dropped for not answering gets no closing handshake: waiting
+            # for one would only eat into the retry's time.
+            await ws.close(code=code, timeout_s=1.0 if done.is_set() else 0.0)
+
+    async def _read(self, ws: WebSocket) -> None:
+        try:
+            while True:
+                self.peer.handle_daemon_frame(await ws.recv())
+        except ConnectionClosed as exc:
+            self.last_error = f"connection closed ({exc.code} {exc.reason})".strip()
+            if exc.code == CLOSE_GOING_AWAY:
+                log.info("daemon is restarting; reconnecting")
+
+
+def backoff_delay_s(attempt: int, jitter: float) -> float:
+    """How long to wait before connection attempt `attempt` + 1; `jitter` is in [0, 1)."""
+    delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2.0 ** min(attempt, 10))
+    # Spread out the shims of one daemon that all lost it at the same moment.
+    return delay * (0.5 + jitter)
+
+
+def refuses_token(exc: BaseException) -> bool:
+    """True when `exc`, from opening a connection, says the daemon refuses our token.
+
+    By status and code only: an HTTP 401/403 at the upgrade, a hello_ack whose code is
+    UNAUTHORIZED, or (from a daemon that sends no code) the close code 4003.
+    """
+    if isinstance(exc, HandshakeError):
+        return exc.status in (401, 403)
+    if isinstance(exc, SessionRefused):
+        return exc.unauthorized
+    return isinstance(exc, ConnectionClosed) and exc.code == CLOSE_UNAUTHORIZED
+
+
+def describe(exc: BaseException) -> str:
+    """`exc` in a few words for a log line or an error message."""
+    if isinstance(exc, HandshakeError):
+        return f"HTTP {exc.status} {exc.reason}".strip()
+    if isinstance(exc, SessionRefused):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
