@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from broker.observe.percentiles import percentile as nearest_rank
 
 __all__ = ["percentile", "summarise"]
 
@@ -12,11 +13,9 @@ PERCENTILES = (50, 90, 99)
 
 
 def percentile(sorted_values: Sequence[float], pct: float) -> float | None:
-    """Nearest-rank percentile of already sorted values; None for no values."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
-    return sorted_values[rank - 1]
+    """The daemon's nearest-rank percentile; None for no values (a cell with no good
+    call has no latency, which the results must not show as 0 ms)."""
+    return nearest_rank(sorted_values, pct) if sorted_values else None
 
 
 def summarise(

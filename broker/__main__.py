@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from broker.observe.files import SERVER_LOG
 from exai import __version__
 from exai.exits import ExitCode
 from exai.loops import run as run_loop
@@ -91,7 +92,7 @@ def configure_logging(settings: Settings) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
     file_handler = logging.handlers.RotatingFileHandler(
-        log_dir / "mcp_server.log",
+        log_dir / SERVER_LOG,
         maxBytes=settings.log_max_bytes,
         backupCount=settings.log_backups,
         encoding="utf-8",
@@ -165,11 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"exai-broker: {ray_missing_message(settings.pool)}", file=sys.stderr)
         return ExitCode.USAGE
     configure_logging(settings)
-    from broker.daemon import Daemon
+    from broker.daemon import serve
 
-    daemon = Daemon(settings, environ)
     try:
-        return run_loop(daemon.run())
+        return run_loop(serve(settings, environ))
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
 

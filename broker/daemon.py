@@ -1,17 +1,25 @@
-"""The daemon: wires settings, workers, scheduler, sessions and the front end together,
-and runs them from start-up to a graceful shutdown."""
+"""The daemon: builds every part from the settings, then runs them from start-up to a
+graceful shutdown.
+
+The parts start in the one order `Daemon.parts` declares and stop in reverse
+(`Lifecycle`); a part that fails to start stops the ones started before it. The
+bound socket comes first of all, outside the parts: the port is the single-daemon
+lock, so a daemon that cannot have it starts nothing and writes nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import functools
 import logging
-import os
 import signal
 import socket
-import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -21,54 +29,118 @@ from broker.calls.manager import CallManager, CallRecord
 from broker.calls.scheduler import Scheduler
 from broker.calls.session import SessionRegistry
 from broker.observe.calllog import MetricsWriter
+from broker.observe.files import HEALTH_FILE, METRICS_FILE
 from broker.observe.health import HealthFile
 from broker.observe.prometheus import PrometheusMetrics
 from broker.observe.recent import RecentStats
+from broker.observe.snapshot import take_snapshot
 from broker.pool.supervisor import PoolFailure, Supervisor, WorkerHandle, worker_environment
-from broker.router.codec import FrameCodec
+from broker.router.codec import Dialect, FrameCodec
 from broker.router.router import FrameRouter
 from broker.web.app import create_app
 from broker.web.auth import Auth
+from broker.web.clients import Clients
 from broker.web.connection import WsConnection
-from exai import __version__
+from broker.web.listener import bind_socket
 from exai.errors import WorkerLost
 from exai.exits import ExitCode
 from exai.net import ws_url
 from exai.settings import Settings, worker_overrides
 
-__all__ = ["Daemon"]
+__all__ = ["Daemon", "Lifecycle", "Part", "serve"]
 
 log = logging.getLogger("broker")
 
 CLOSE_GOING_AWAY = 1001
-HEALTH_FILE = "ws_daemon.health.json"
-METRICS_FILE = "ws_daemon.metrics.jsonl"
+# How long closed clients get to receive what was queued for them, and the close.
+CLIENT_CLOSE_TIMEOUT_S = 2.0
+WORKER_STOP_GRACE_S = 1.0
+# Workers of a pool that never became ready have no calls to finish.
+FAILED_POOL_STOP_GRACE_S = 0.5
+METRICS_FLUSH_TIMEOUT_S = 10.0
+REAP_INTERVAL_S = 1.0
+
+
+async def serve(settings: Settings, environ: Mapping[str, str]) -> int:
+    """Run one daemon from start-up to shutdown; returns the process exit code."""
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s (is another daemon running?)", settings.url, exc)
+        return ExitCode.BIND_FAILED
+    with sock:
+        return await Daemon(settings, environ, sock).run()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Part:
+    """One piece of the daemon: `run()` is an async context manager that starts the
+    piece on entry and stops it on exit."""
+
+    name: str
+    run: Callable[[], contextlib.AbstractAsyncContextManager[None]]
+
+
+class Lifecycle:
+    """Starts parts in their declared order and stops the started ones in reverse.
+
+    A part that fails to start undoes its own partial start; the parts started before
+    it are stopped, in reverse, before its error propagates. When `stop` is set while
+    parts are starting, the rest are not started (`complete` stays False) and those
+    started stop as usual.
+    """
+
+    def __init__(self, parts: Sequence[Part], stop: asyncio.Event | None = None) -> None:
+        self.parts = tuple(parts)
+        self.started: list[str] = []
+        self._stop = stop
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def complete(self) -> bool:
+        return len(self.started) == len(self.parts)
+
+    async def __aenter__(self) -> Lifecycle:
+        async with contextlib.AsyncExitStack() as stack:
+            for part in self.parts:
+                if self._stop is not None and self._stop.is_set():
+                    log.info("stop requested while starting: %s not started", part.name)
+                    break
+                log.debug("starting %s", part.name)
+                await stack.enter_async_context(part.run())
+                self.started.append(part.name)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._stack.__aexit__(exc_type, exc, tb)
 
 
 class Daemon:
-    """One instance per process. `run` returns the process exit code."""
+    """One daemon around its bound socket; `run` returns the process exit code."""
 
-    def __init__(self, settings: Settings, environ: Mapping[str, str]) -> None:
+    def __init__(self, settings: Settings, environ: Mapping[str, str], sock: socket.socket) -> None:
+        """Build every part, whole; nothing starts yet. Call inside the running loop."""
         self.settings = settings
-        self.environ = dict(environ)
+        self.port: int = sock.getsockname()[1]
+        self.url = ws_url(settings.host, self.port)
         self.started_at = time.time()
-        self.draining = False
+        # Set by the last part to start; `draining` from the first moment of shutdown.
         self.ready = False
-        self.connections: set[WsConnection] = set()
-        self.auth = Auth(settings.token)
-        self.log_dir = Path(settings.log_dir)
+        self.draining = False
+        self._sock = sock
         self._stop = asyncio.Event()
         self._fatal: str | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._health_task: asyncio.Task[None] | None = None
-
-    # --- assembly --------------------------------------------------------------------
-
-    def _build(self) -> None:
-        settings = self.settings
-        self.loop = asyncio.get_running_loop()
+        log_dir = Path(settings.log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.auth = Auth(settings.token)
         self.metrics = MetricsWriter(
-            self.log_dir / METRICS_FILE,
+            log_dir / METRICS_FILE,
             max_bytes=settings.metrics_max_bytes,
             backups=settings.metrics_backups,
             queue_max=settings.metrics_queue_max,
@@ -79,11 +151,10 @@ class Daemon:
             provider_caps=settings.provider_caps,
             queue_max_depth=settings.queue_max_depth,
         )
-        overrides = worker_overrides(settings)
         self.supervisor = Supervisor(
             # A Ray pool is one bridge process that spreads calls over its own actors.
             size=settings.workers if settings.pool == "local" else 1,
-            env=worker_environment(self.environ, overrides),
+            env=worker_environment(environ, worker_overrides(settings)),
             on_ready=self._worker_ready,
             on_message=lambda w, m: self.calls.handle_worker_message(w, m),
             on_lost=lambda w, ids, why: self.calls.handle_worker_lost(w, ids, why),
@@ -93,7 +164,6 @@ class Daemon:
             max_calls_per_worker=settings.max_calls_per_worker,
         )
         self.codec = FrameCodec()
-        self.prometheus = PrometheusMetrics(self.snapshot)
         self.recent = RecentStats()
         self.calls = CallManager(
             settings, self.scheduler, self.supervisor, self.codec, self._record
@@ -102,9 +172,188 @@ class Daemon:
         self.router = FrameRouter(
             settings, self.codec, self.calls, self.sessions, self.auth, self.snapshot
         )
-        self.health = HealthFile(
-            self.log_dir / HEALTH_FILE, self.snapshot, settings.health_interval_s
+        self.prometheus = PrometheusMetrics(self.snapshot)
+        self.health = HealthFile(log_dir / HEALTH_FILE, self.snapshot, settings.health_interval_s)
+        self.clients = Clients(settings.max_connections)
+        self.runner = web.AppRunner(
+            create_app(settings, self.auth, self), handle_signals=False, access_log=None
         )
+
+    def parts(self) -> tuple[Part, ...]:
+        """The daemon's parts in start order; they stop in reverse.
+
+        Read from the bottom up, this is the shutdown: stop accepting (new calls get
+        SHUTTING_DOWN, probes 503) and let running calls finish within the grace while
+        still listening, so no second daemon can take the port yet; stop listening;
+        fail the calls still running, so their clients get that answer before the
+        close; close every client with 1001; stop the workers; stop the web app; flush
+        the metrics; stop ending expired sessions; write the final health snapshot,
+        which then counts everything; and only then give the signals back, so a second
+        Ctrl+C during the drain changes nothing.
+        """
+        return (
+            Part("signals", self._signals),
+            Part("health file", self._health_file),
+            Part("sessions", self._sessions),
+            Part("metrics writer", self._metrics_writer),
+            Part("web app", self._web_app),
+            Part("worker pool", self._worker_pool),
+            Part("clients", self._clients),
+            Part("calls", self._calls),
+            Part("listener", self._listener),
+            Part("accepting", self._accepting),
+        )
+
+    # --- running ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start every part, serve until told to stop, stop every part."""
+        t0 = time.perf_counter()
+        log.info("Starting WS daemon on %s", self.url)
+        try:
+            async with Lifecycle(self.parts(), stop=self._stop) as lifecycle:
+                if lifecycle.complete:
+                    log.info(
+                        "ready in %.0f ms: %d workers, %d tools, listening on %s",
+                        (time.perf_counter() - t0) * 1000,
+                        self.settings.workers,
+                        len(self.calls.catalog.tools),
+                        self.url,
+                    )
+                await self._stop.wait()
+        except PoolFailure:
+            return ExitCode.POOL_FAILED
+        log.info("stopped")
+        return ExitCode.POOL_FAILED if self._fatal else ExitCode.OK
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("shutdown requested")
+            self._stop.set()
+
+    # --- the parts, in start order ---------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _signals(self) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        undo: list[Callable[[], object]] = []
+        for name in ("SIGINT", "SIGTERM"):
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+                undo.append(functools.partial(loop.remove_signal_handler, sig))
+            except (NotImplementedError, RuntimeError):
+                # Windows: no loop signal handlers; Ctrl+C arrives through signal.signal.
+                previous = signal.signal(
+                    sig, lambda *_: loop.call_soon_threadsafe(self.request_stop)
+                )
+                undo.append(functools.partial(signal.signal, sig, previous or signal.SIG_DFL))
+        try:
+            yield
+        finally:
+            for step in reversed(undo):
+                step()
+
+    @contextlib.asynccontextmanager
+    async def _health_file(self) -> AsyncIterator[None]:
+        writer = asyncio.get_running_loop().create_task(self.health.run())
+        try:
+            yield
+        finally:
+            await self.health.close(writer)
+
+    @contextlib.asynccontextmanager
+    async def _sessions(self) -> AsyncIterator[None]:
+        reaper = asyncio.get_running_loop().create_task(self._reap_sessions())
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+
+    @contextlib.asynccontextmanager
+    async def _metrics_writer(self) -> AsyncIterator[None]:
+        writer = asyncio.get_running_loop().create_task(self.metrics.run())
+        try:
+            yield
+        finally:
+            await self.metrics.close()
+            try:
+                await asyncio.wait_for(writer, METRICS_FLUSH_TIMEOUT_S)
+            except TimeoutError:
+                log.error("metrics writer did not finish flushing")
+
+    @contextlib.asynccontextmanager
+    async def _web_app(self) -> AsyncIterator[None]:
+        await self.runner.setup()
+        try:
+            yield
+        finally:
+            await self.runner.cleanup()
+
+    @contextlib.asynccontextmanager
+    async def _worker_pool(self) -> AsyncIterator[None]:
+        try:
+            await self.supervisor.start()
+        except PoolFailure as exc:
+            log.error("worker pool failed to start: %s", exc)
+            await self.supervisor.stop(FAILED_POOL_STOP_GRACE_S)
+            raise
+        try:
+            yield
+        finally:
+            await self.supervisor.stop(grace_s=WORKER_STOP_GRACE_S)
+
+    @contextlib.asynccontextmanager
+    async def _clients(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.clients.close_all(
+                CLOSE_GOING_AWAY, "daemon shutting down", CLIENT_CLOSE_TIMEOUT_S
+            )
+
+    @contextlib.asynccontextmanager
+    async def _calls(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            for call in list(self.calls.calls.values()):
+                if not call.done:
+                    self.calls.fail(
+                        call,
+                        WorkerLost(
+                            f"the daemon shut down (for a restart or stop) while {call.tool!r} "
+                            "was running; it may have partly run",
+                            cause="daemon_shutdown",
+                        ),
+                    )
+
+    @contextlib.asynccontextmanager
+    async def _listener(self) -> AsyncIterator[None]:
+        site = web.SockSite(self.runner, self._sock)
+        await site.start()
+        try:
+            yield
+        finally:
+            await site.stop()
+
+    @contextlib.asynccontextmanager
+    async def _accepting(self) -> AsyncIterator[None]:
+        self.ready = True
+        try:
+            yield
+        finally:
+            self.draining = True
+            self.calls.shutting_down = True
+            # A pool that failed for good has nothing left to drain.
+            if not self._fatal:
+                await self.calls.wait_idle(self.settings.shutdown_grace_s)
+
+    # --- callbacks -------------------------------------------------------------------
 
     def _record(self, record: CallRecord) -> None:
         self.metrics.record(record)
@@ -125,116 +374,9 @@ class Daemon:
         self._fatal = message
         self._stop.set()
 
-    # --- running ---------------------------------------------------------------------
-
-    async def run(self) -> int:
-        t0 = time.perf_counter()
-        self._build()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            sock = bind_socket(self.settings.host, self.settings.port)
-        except OSError as exc:
-            log.error(
-                "cannot listen on %s: %s (is another daemon running?)", self.settings.url, exc
-            )
-            return ExitCode.BIND_FAILED
-        self.port = sock.getsockname()[1]
-        log.info("Starting WS daemon on %s", self._public_url())
-        self._metrics_task = asyncio.get_running_loop().create_task(self.metrics.run())
-        try:
-            await self.supervisor.start()
-        except PoolFailure as exc:
-            log.error("worker pool failed to start: %s", exc)
-            await self.supervisor.stop(0.5)
-            await self._close_files()
-            sock.close()
-            return ExitCode.POOL_FAILED
-        self.runner = web.AppRunner(create_app(self), handle_signals=False, access_log=None)
-        await self.runner.setup()
-        site = web.SockSite(self.runner, sock)
-        await site.start()
-        self.ready = True
-        self._health_task = asyncio.get_running_loop().create_task(self.health.run())
-        self._spawn(self._reap_sessions())
-        self._install_signals()
-        elapsed_ms = (time.perf_counter() - t0) * 1000
-        log.info(
-            "ready in %.0f ms: %d workers, %d tools, listening on %s",
-            elapsed_ms,
-            self.settings.workers,
-            len(self.calls.catalog.tools),
-            self._public_url(),
-        )
-        await self._stop.wait()
-        await self.shutdown(site)
-        return ExitCode.POOL_FAILED if self._fatal else ExitCode.OK
-
-    def _public_url(self) -> str:
-        return ws_url(self.settings.host, self.port)
-
-    def _spawn(self, coro: Any) -> None:
-        self._tasks.append(asyncio.get_running_loop().create_task(coro))
-
-    def request_stop(self) -> None:
-        if not self._stop.is_set():
-            log.info("shutdown requested")
-            self._stop.set()
-
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for name in ("SIGINT", "SIGTERM"):
-            sig = getattr(signal, name, None)
-            if sig is None:
-                continue
-            try:
-                loop.add_signal_handler(sig, self.request_stop)
-            except (NotImplementedError, RuntimeError):
-                # Windows: no loop signal handlers; Ctrl+C arrives through signal.signal.
-                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(self.request_stop))
-
-    async def shutdown(self, site: web.BaseSite) -> None:
-        """Stop accepting, let calls finish within the grace, then close everything."""
-        self.draining = True
-        self.calls.shutting_down = True
-        # Keep listening while calls drain: probes get 503 and new calls SHUTTING_DOWN
-        # (instead of "connection refused"), and no second daemon can take the port yet.
-        if not self._fatal:
-            await self.calls.wait_idle(self.settings.shutdown_grace_s)
-        await site.stop()
-        for call in list(self.calls.calls.values()):
-            if not call.done:
-                self.calls.fail(
-                    call,
-                    WorkerLost(
-                        f"the daemon shut down (for a restart or stop) while {call.tool!r} was "
-                        "running; it may have partly run",
-                        cause="daemon_shutdown",
-                    ),
-                )
-        for conn in list(self.connections):
-            conn.close(CLOSE_GOING_AWAY, "daemon shutting down")
-        senders = [c.sender for c in list(self.connections)]
-        if senders:
-            await asyncio.wait(senders, timeout=2.0)
-        await self.supervisor.stop(grace_s=1.0)
-        await self.runner.cleanup()
-        await self._close_files()
-        log.info("stopped")
-
-    async def _close_files(self) -> None:
-        await self.metrics.close()
-        try:
-            await asyncio.wait_for(self._metrics_task, 10.0)
-        except TimeoutError:
-            log.error("metrics writer did not finish flushing")
-        for task in self._tasks:
-            task.cancel()
-        if hasattr(self, "health"):
-            await self.health.close(self._health_task)
-
     async def _reap_sessions(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(REAP_INTERVAL_S)
             for session in self.sessions.expired(time.monotonic()):
                 log.info(
                     "session %s ended (no reconnect within %g s)",
@@ -245,11 +387,11 @@ class Daemon:
                 self.sessions.forget(session)
 
     def connection_closed(self, conn: WsConnection, ended: bool) -> None:
-        self.connections.discard(conn)
+        """A client connection is gone: keep its session for a reconnect, or end it."""
         session = conn.session
         if session is None or session.owner is not conn:
             return
-        resumable = conn.dialect == "op" and self.settings.resume_grace_s > 0
+        resumable = conn.dialect == Dialect.OP and self.settings.resume_grace_s > 0
         if resumable and not ended and not self.draining:
             session.detach(time.monotonic())
             log.info(
@@ -262,70 +404,9 @@ class Daemon:
             self.sessions.forget(session)
             log.info("session %s closed", session.id[:8])
 
-    # --- health ----------------------------------------------------------------------
+    def render_metrics(self) -> bytes:
+        return self.prometheus.render()
 
     def snapshot(self) -> dict[str, Any]:
-        settings = self.settings
-        scheduler = self.scheduler
-        return {
-            "t": time.time(),
-            "pid": os.getpid(),
-            "version": __version__,
-            "python": sys.version.split()[0],
-            "host": settings.host,
-            "port": getattr(self, "port", settings.port),
-            "ready": self.ready,
-            "draining": self.draining,
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "sessions": self.sessions.attached_count,
-            "sessions_detached": len(self.sessions.sessions) - self.sessions.attached_count,
-            "inflight": {
-                "global": scheduler.inflight_global,
-                "providers": dict(scheduler.inflight_by_provider),
-            },
-            "queued": scheduler.queued_total,
-            "capacity": {
-                "session": settings.session_max_inflight,
-                "global": settings.global_max_inflight,
-                "providers": dict(settings.provider_caps),
-            },
-            "pool": settings.pool,
-            "workers": [
-                {
-                    "slot": w.slot,
-                    "pid": w.pid,
-                    "state": w.state,
-                    "inflight": len(w.calls),
-                    "restarts": w.restarts,
-                    "served": w.served,
-                }
-                for w in self.supervisor.workers
-            ],
-            "tools": len(self.calls.catalog.tools),
-            "calls_total": self.calls.calls_total,
-            "errors_by_code": dict(self.calls.errors_by_code),
-            "bad_frames": self.router.stats.bad_frames,
-            "metrics_dropped": self.metrics.dropped,
-            "metrics_written": self.metrics.written,
-            "recent": self.recent.series(time.time()),
-        }
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind and listen before the workers start: the port is the single-daemon lock."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        if sys.platform == "win32":
-            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_EXCLUSIVEADDRUSE", 0), 1)
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+        """The daemon's state for the health file, GET /health and the health op."""
+        return take_snapshot(self)

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from broker.observe.files import HEALTH_FILE
 from exai.exits import ExitCode
 from exai.net import http_url, reachable_host, ws_url
 from exai.settings import Settings
@@ -37,7 +38,7 @@ async def read_status(
             error = f"GET /health answered HTTP {resp.status}"
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         error = f"no daemon answers at {_http_base(settings)} ({type(exc).__name__})"
-    path = Path(settings.log_dir) / "ws_daemon.health.json"
+    path = Path(settings.log_dir) / HEALTH_FILE
     try:
         snapshot = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -81,7 +82,8 @@ def format_status(snapshot: dict[str, Any] | None, source: str) -> tuple[str, in
         ),
         f"calls {snapshot.get('calls_total', 0)}; "
         f"errors {snapshot.get('errors_by_code') or 'none'}; "
-        f"metrics lines dropped {snapshot.get('metrics_dropped', 0)}",
+        f"metrics lines dropped {snapshot.get('metrics_dropped', 0)}; "
+        f"answers dropped while detached {snapshot.get('frames_dropped', 0)}",
     ]
     healthy = not snapshot.get("draining") and live > 0
     return "\n".join(lines), ExitCode.OK if healthy else ExitCode.FAILED

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 import time
@@ -12,6 +11,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from broker.observe.files import METRICS_FILE
+from broker.observe.percentiles import percentile
 
 __all__ = ["parse_since", "percentile", "read_records", "report_main", "summarize"]
 
@@ -27,18 +29,10 @@ def parse_since(text: str) -> float:
     return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted values (0 for none)."""
-    if not values:
-        return 0.0
-    rank = max(0, min(len(values) - 1, math.ceil(q / 100.0 * len(values) - 1e-9) - 1))
-    return values[rank]
-
-
 def default_files(log_dir: Path) -> list[Path]:
-    base = log_dir / "ws_daemon.metrics.jsonl"
+    base = log_dir / METRICS_FILE
     backups = sorted(
-        log_dir.glob("ws_daemon.metrics.jsonl.*"),
+        log_dir.glob(f"{METRICS_FILE}.*"),
         key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
     )
     return [*backups, base]

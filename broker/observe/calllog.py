@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -170,7 +169,3 @@ async def _file_size(path: Path) -> int:
         return (await aiofiles.os.stat(path)).st_size
     except FileNotFoundError:
         return 0
-
-
-def ensure_dir(path: Path) -> None:
-    os.makedirs(path, exist_ok=True)

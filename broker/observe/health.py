@@ -20,6 +20,12 @@ log = logging.getLogger("broker.observe.health")
 
 
 class HealthFile:
+    """Rewrites `path` with `snapshot()` every interval while `run` runs.
+
+    `failures` counts the writes the disk refused; the snapshot reports it, so a live
+    GET /health says when the file on disk has gone stale.
+    """
+
     def __init__(
         self, path: Path, snapshot: Callable[[], dict[str, Any]], interval_s: float
     ) -> None:

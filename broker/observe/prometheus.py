@@ -87,6 +87,11 @@ class _StateCollector(Collector):
         yield CounterMetricFamily(
             "exai_bad_frames", "Client frames refused as invalid", value=snap["bad_frames"]
         )
+        yield CounterMetricFamily(
+            "exai_frames_dropped",
+            "Answers dropped because a detached session's outbox was full",
+            value=snap["frames_dropped"],
+        )
 
 
 class _CounterBatch:

@@ -10,6 +10,8 @@ import random
 from collections import deque
 from typing import Any
 
+from broker.observe.percentiles import percentile
+
 __all__ = ["RecentStats"]
 
 BUCKET_S = 5.0
@@ -25,12 +27,6 @@ class _Bucket:
         self.calls = 0
         self.errors = 0
         self.samples: list[float] = []
-
-
-def _pct(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 class RecentStats:
@@ -65,8 +61,8 @@ class RecentStats:
                     "t": bucket.start,
                     "calls_per_s": round(bucket.calls / elapsed, 2),
                     "errors": bucket.errors,
-                    "p50_ms": round(_pct(ordered, 0.5), 3),
-                    "p99_ms": round(_pct(ordered, 0.99), 3),
+                    "p50_ms": round(percentile(ordered, 50), 3),
+                    "p99_ms": round(percentile(ordered, 99), 3),
                 }
             )
         return points

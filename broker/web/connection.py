@@ -20,6 +20,7 @@ from collections.abc import Callable
 from aiohttp import WSMsgType, web
 
 from broker.calls.session import Session
+from broker.router.codec import Dialect
 
 __all__ = ["CLOSE_SLOW_READER", "WsConnection"]
 
@@ -83,7 +84,7 @@ class WsConnection:
         self.max_buffer_bytes = max_buffer_bytes
         self.session: Session | None = None
         self.authenticated = False
-        self.dialect = "mcp"
+        self.dialect = Dialect.MCP
         self.remote = remote
         self.sender = asyncio.get_running_loop().create_task(self._drain())
 

@@ -1,4 +1,5 @@
-"""The health file: the final snapshot at shutdown is whole and is the newest."""
+"""The health file: the final snapshot at shutdown is whole and is the newest; a disk
+that refuses the write is counted, not fatal."""
 
 from __future__ import annotations
 
@@ -29,3 +30,17 @@ async def test_closing_while_the_writer_runs_publishes_the_last_snapshot_whole(
         await health.close(runner)
         final = json.loads(path.read_text())
         assert final["n"] == next(counter) - 1, "the last snapshot taken is the one on disk"
+
+
+async def test_a_refused_write_is_counted_and_the_next_one_still_tried(tmp_path: Path) -> None:
+    """The folder is gone: each write fails quietly and adds to `failures` (which the
+    daemon's snapshot reports); once the folder is back, the file appears."""
+    folder = tmp_path / "gone"
+    health = HealthFile(folder / "health.json", lambda: {"ok": True}, interval_s=60.0)
+    await health.write()
+    await health.write()
+    assert health.failures == 2
+    folder.mkdir()
+    await health.write()
+    assert json.loads((folder / "health.json").read_text()) == {"ok": True}
+    assert health.failures == 2
