@@ -42,7 +42,7 @@ from broker.web.auth import Auth
 from broker.web.clients import Clients
 from broker.web.connection import WsConnection
 from broker.web.listener import bind_socket
-from exai.errors import WorkerLost
+from exai.errors import DAEMON_SHUTDOWN_CAUSE, WorkerLost
 from exai.exits import ExitCode
 from exai.net import ws_url
 from exai.settings import Settings, worker_overrides
@@ -328,7 +328,7 @@ class Daemon:
                         WorkerLost(
                             f"the daemon shut down (for a restart or stop) while {call.tool!r} "
                             "was running; it may have partly run",
-                            cause="daemon_shutdown",
+                            cause=DAEMON_SHUTDOWN_CAUSE,
                         ),
                     )
 

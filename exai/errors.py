@@ -10,6 +10,7 @@ import enum
 from typing import Any
 
 __all__ = [
+    "DAEMON_SHUTDOWN_CAUSE",
     "JSONRPC_CODES",
     "LATEST_HANDSHAKE_VERSION",
     "MODERN_VERSION",
@@ -17,7 +18,6 @@ __all__ = [
     "BrokerError",
     "Cancelled",
     "ErrorCode",
-    "ExecError",
     "InvalidArguments",
     "InvalidFrame",
     "MethodNotFound",
@@ -33,6 +33,11 @@ __all__ = [
 SUPPORTED_HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 LATEST_HANDSHAKE_VERSION = "2025-11-25"
 MODERN_VERSION = "2026-07-28"
+
+
+# data.cause of the WORKER_LOST that ends a call still running when the daemon stops:
+# a shim re-sends it (if it is safe to) once the daemon is back.
+DAEMON_SHUTDOWN_CAUSE = "daemon_shutdown"
 
 
 class ErrorCode(enum.StrEnum):
@@ -114,10 +119,6 @@ class ToolNotFound(BrokerError):
 
 class InvalidArguments(BrokerError):
     code = ErrorCode.INVALID_ARGUMENTS
-
-
-class ExecError(BrokerError):
-    code = ErrorCode.EXEC_ERROR
 
 
 class InvalidFrame(BrokerError):

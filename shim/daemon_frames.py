@@ -13,13 +13,12 @@ import enum
 import json
 from typing import Any
 
-from exai.errors import ErrorCode
+from exai.errors import DAEMON_SHUTDOWN_CAUSE, ErrorCode
 
-__all__ = ["DAEMON_SHUTDOWN_CAUSE", "DaemonFrame", "FrameKind", "classify", "id_key"]
+__all__ = ["DaemonFrame", "FrameKind", "classify", "id_key"]
 
 # The `data.cause` of the WORKER_LOST the daemon answers a call with when it stops
 # while the call runs.
-DAEMON_SHUTDOWN_CAUSE = "daemon_shutdown"
 
 # How the daemon starts every response it encodes itself; the id follows.
 _RESPONSE_PREFIX = b'{"jsonrpc":"2.0","id":'

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from exai.closes import SessionClose
 from exai.errors import ErrorCode
 
 __all__ = ["CLOSE_UNAUTHORIZED", "SessionRefused", "hello_frame", "read_hello_ack"]
 
 # The close code the daemon ends a connection with when it refuses the token. A
 # daemon whose hello_ack carries no code is recognised by it.
-CLOSE_UNAUTHORIZED = 4003
+CLOSE_UNAUTHORIZED = SessionClose.UNAUTHORIZED
 
 
 class SessionRefused(Exception):

@@ -19,12 +19,15 @@ class Catalog:
     by_name: dict[str, dict[str, Any]]
     model_tools: frozenset[str]
     server_name: str
+    # The tool list as the worker sent it (a JSON array), and the tools/list result
+    # around it: both are sent as they are, never re-encoded.
+    tools_json: bytes
     list_result: bytes
     validator: ArgumentValidator
 
     @classmethod
     def empty(cls) -> Catalog:
-        return cls((), {}, frozenset(), "", b'{"tools":[]}', ArgumentValidator({}))
+        return cls((), {}, frozenset(), "", b"[]", b'{"tools":[]}', ArgumentValidator({}))
 
     @classmethod
     def from_ready(cls, ready: Ready) -> Catalog:
@@ -36,14 +39,10 @@ class Catalog:
             by_name,
             frozenset(ready.model_tools),
             ready.server_name,
+            ready.tools,
             list_result,
             ArgumentValidator(by_name),
         )
 
     def __contains__(self, name: object) -> bool:
         return name in self.by_name
-
-    def is_retry_safe(self, name: str) -> bool:
-        """True when the tool says a second run does no harm (read-only or idempotent)."""
-        annotations = self.by_name.get(name, {}).get("annotations") or {}
-        return bool(annotations.get("readOnlyHint") or annotations.get("idempotentHint"))

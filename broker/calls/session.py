@@ -8,7 +8,6 @@ held in a bounded outbox.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,6 @@ class Session:
 
     id: str
     acks: bool = False
-    protocol_version: str | None = None
     calls: dict[bytes, Any] = dataclasses.field(default_factory=dict)
     send_fn: Outbound | None = None
     # The connection currently attached (whatever the front end uses; compared by identity).
@@ -36,10 +34,9 @@ class Session:
     outbox_bytes: int = 0
     outbox_max_bytes: int = 64 * 1024 * 1024
     outbox_max_frames: int = 10_000
-    outbox_dropped: int = 0
+    # Told of each frame the full outbox could not hold (the registry counts them).
+    on_drop: Callable[[], None] | None = None
     detached_at: float | None = None
-    opened_at: float = dataclasses.field(default_factory=time.time)
-    calls_total: int = 0
     closed: bool = False
     # Answers already sent, by request id: a re-sent id gets the same answer again
     # instead of a second run (only for sessions that retry, i.e. shims).
@@ -72,7 +69,8 @@ class Session:
         if len(self.outbox) >= self.outbox_max_frames or (
             self.outbox_bytes + len(data) > self.outbox_max_bytes
         ):
-            self.outbox_dropped += 1
+            if self.on_drop is not None:
+                self.on_drop()
             return
         self.outbox.append(data)
         self.outbox_bytes += len(data)
@@ -99,7 +97,7 @@ class SessionRegistry:
         self.resume_grace_s = resume_grace_s
         self.outbox_max_bytes = outbox_max_bytes
         self.sessions: dict[str, Session] = {}
-        self.opened_total = 0
+        self._frames_dropped = 0
 
     def open(
         self, session_id: str, send_fn: Outbound, acks: bool
@@ -110,10 +108,14 @@ class SessionRegistry:
             held = session.attach(send_fn)
             session.acks = acks
             return session, True, held
-        session = Session(session_id, acks=acks, outbox_max_bytes=self.outbox_max_bytes)
+        session = Session(
+            session_id,
+            acks=acks,
+            outbox_max_bytes=self.outbox_max_bytes,
+            on_drop=self._count_drop,
+        )
         session.attach(send_fn)
         self.sessions[session_id] = session
-        self.opened_total += 1
         return session, False, []
 
     def expired(self, now: float) -> list[Session]:
@@ -131,3 +133,11 @@ class SessionRegistry:
     @property
     def attached_count(self) -> int:
         return sum(1 for s in self.sessions.values() if s.attached)
+
+    @property
+    def frames_dropped(self) -> int:
+        """Answers lost because a detached session's outbox was full (all sessions, ever)."""
+        return self._frames_dropped
+
+    def _count_drop(self) -> None:
+        self._frames_dropped += 1

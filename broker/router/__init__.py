@@ -1,1 +1,1 @@
-"""Client frames: the codec, the router that turns frames into actions, version shapes."""
+"""Client frames: the codec, the op dialect's frames, the router that acts on frames."""

@@ -1,36 +1,41 @@
 """Client frames: decode the envelope of what arrives, encode what leaves. Pure.
 
-Only the envelope is decoded; tool arguments, ids and results stay raw JSON
-(`msgspec.Raw`) so the broker never re-encodes a payload, and ids go back to the
-client byte for byte as they came.
+Every frame is decoded once as an `Envelope`: all a JSON-RPC frame needs, and the
+`op` that marks the op dialect. Only a frame with an op is decoded a second time, as
+the op's own Struct (see ops.py), so the MCP path pays for one decode alone. Tool
+arguments, ids and results stay raw JSON (raw.py).
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import msgspec
 
-from exai.errors import BrokerError, InvalidArguments, InvalidFrame
+from broker.router.ops import OP_NAMES, CallToolErrorRes, ErrorRes, HelloRefused, OpRequest
+from broker.router.raw import ABSENT
+from exai.errors import BrokerError, ErrorCode, InvalidArguments, InvalidFrame
 
 __all__ = [
     "CallToolParams",
+    "Dialect",
     "Envelope",
     "FrameCodec",
 ]
 
-# msgspec cannot put Raw in a union, so an empty Raw stands for "field absent".
-ABSENT = msgspec.Raw(b"")
 _MAX_DEPTH = 64
 
 
-def present(raw: msgspec.Raw) -> bool:
-    """True when a Raw field was in the frame (JSON null counts as present)."""
-    return len(raw) > 0
+class Dialect(enum.StrEnum):
+    """What a client speaks: MCP's JSON-RPC, or EX-AI's op frames."""
+
+    MCP = "mcp"
+    OP = "op"
 
 
 class Envelope(msgspec.Struct):
-    """Every field either dialect may use at the top level of a frame."""
+    """The top level of a frame: JSON-RPC's fields, and the op dialect's op and id."""
 
     jsonrpc: str | None = None
     id: msgspec.Raw = ABSENT
@@ -39,14 +44,8 @@ class Envelope(msgspec.Struct):
     result: msgspec.Raw = ABSENT
     error: msgspec.Raw = ABSENT
     op: str | None = None
+    # Read here as well as in the op's Struct: an error for an unknown op echoes it.
     request_id: msgspec.Raw = ABSENT
-    name: str | None = None
-    arguments: msgspec.Raw = ABSENT
-    token: str | None = None
-    session_id: str | None = None
-    acks: bool = False
-    old: str | None = None
-    new: str | None = None
 
 
 class Meta(msgspec.Struct):
@@ -82,12 +81,6 @@ class _ErrorResponse(msgspec.Struct):
     jsonrpc: str
     id: msgspec.Raw
     error: dict[str, Any]
-
-
-class _Notification(msgspec.Struct):
-    jsonrpc: str
-    method: str
-    params: dict[str, Any]
 
 
 class _Progress(msgspec.Struct, omit_defaults=True):
@@ -140,6 +133,7 @@ class FrameCodec:
         "_decoder",
         "_encoder",
         "_generic_decoder",
+        "_op_decoder",
     )
 
     def __init__(self) -> None:
@@ -147,6 +141,7 @@ class FrameCodec:
         self._call_decoder = msgspec.json.Decoder(CallToolParams)
         self._cancel_decoder = msgspec.json.Decoder(CancelParams)
         self._generic_decoder = msgspec.json.Decoder(GenericParams)
+        self._op_decoder = msgspec.json.Decoder(OpRequest)
         self._encoder = msgspec.json.Encoder()
 
     # --- decoding --------------------------------------------------------------------
@@ -179,6 +174,19 @@ class FrameCodec:
             if not _depth_ok(data):
                 raise InvalidFrame(f"JSON nested deeper than {_MAX_DEPTH} levels") from None
             raise InvalidFrame(f"not valid JSON: {exc}", parse_error=True) from None
+
+    def decode_op(self, env: Envelope, data: bytes) -> OpRequest | None:
+        """The op frame `data` (already decoded as `env`), or None for an op nobody knows.
+
+        Raises InvalidFrame like `decode` does for a field of the wrong type.
+        """
+        if env.op not in OP_NAMES:
+            return None
+        try:
+            return self._op_decoder.decode(data)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            # `decode` parsed these very bytes, so only a field's type can be wrong here.
+            raise InvalidFrame(f"invalid frame: {exc}") from None
 
     def call_params(self, params: msgspec.Raw) -> CallToolParams:
         if not params:
@@ -230,9 +238,18 @@ class FrameCodec:
         params = _Progress(token, progress, total, message)
         return self._encoder.encode(_ProgressNotification("2.0", "notifications/progress", params))
 
-    def op_error(self, op: str, request_id: msgspec.Raw | None, exc: BrokerError) -> bytes:
-        error = {"message": exc.message, **exc.to_data()}
-        frame: dict[str, Any] = {"op": op, "error": error}
-        if request_id is not None:
-            frame["request_id"] = request_id
-        return self._encoder.encode(frame)
+    def op_error(self, request_id: msgspec.Raw | None, exc: BrokerError) -> bytes:
+        """An op frame refused outside any call (`"op": "error"`)."""
+        return self._encoder.encode(ErrorRes(_op_error_body(exc), request_id))
+
+    def op_call_error(self, request_id: msgspec.Raw, exc: BrokerError) -> bytes:
+        """An op call that ended without a tool result (`"op": "call_tool_res"`)."""
+        return self._encoder.encode(CallToolErrorRes(_op_error_body(exc), request_id))
+
+    def hello_refused(self, error: str, code: ErrorCode) -> bytes:
+        """The hello_ack of a connection refused before it has a session."""
+        return self._encoder.encode(HelloRefused(False, error, code))
+
+
+def _op_error_body(exc: BrokerError) -> dict[str, Any]:
+    return {"message": exc.message, **exc.to_data()}

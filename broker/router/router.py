@@ -16,37 +16,86 @@ import msgspec
 
 from broker.calls.manager import CallManager
 from broker.calls.session import Session, SessionRegistry
-from broker.router.codec import Envelope, FrameCodec, present
+from broker.router.codec import Dialect, Envelope, FrameCodec
 from broker.router.modern import stamp_result
+from broker.router.ops import (
+    CallToolOp,
+    CancelOp,
+    HealthOp,
+    HealthRes,
+    HelloAck,
+    HelloOp,
+    ListToolsOp,
+    ListToolsRes,
+    OpRequest,
+    RotateTokenOp,
+    RotateTokenRes,
+    ServerSummary,
+)
+from broker.router.raw import present, valid_id
 from broker.web.auth import Auth
 from exai import __version__
+from exai.closes import SessionClose
 from exai.errors import (
     LATEST_HANDSHAKE_VERSION,
     MODERN_VERSION,
     SUPPORTED_HANDSHAKE_VERSIONS,
     BrokerError,
+    ErrorCode,
     InvalidFrame,
     MethodNotFound,
     Unauthorized,
 )
 from exai.settings import Settings
 
-__all__ = ["ClientPeer", "FrameRouter"]
+__all__ = ["HELLO_TIMEOUT", "ClientPeer", "FrameRouter", "Refusal"]
 
 log = logging.getLogger("broker.router.router")
 
-NULL_ID = msgspec.Raw(b"null")
-SERVER_INFO = {"name": "exai-broker", "version": __version__}
+SERVER_NAME = "exai-broker"
+SERVER_INFO = {"name": SERVER_NAME, "version": __version__}
 SERVER_INFO_JSON = msgspec.json.encode(SERVER_INFO)
 INSTRUCTIONS = "Tools shared by every client of this machine's exai-broker daemon."
 CAPABILITIES = {"tools": {"listChanged": False}}
+SESSION_ID_MAX = 128
 
 # WebSocket close codes of the op dialect's opening handshake.
-CLOSE_NOT_JSON = 4000
-CLOSE_NOT_HELLO = 4001
-CLOSE_HELLO_TIMEOUT = 4002
-CLOSE_UNAUTHORIZED = 4003
-CLOSE_TAKEN_OVER = 4004
+CLOSE_NOT_JSON = SessionClose.NOT_JSON
+CLOSE_NOT_HELLO = SessionClose.NOT_HELLO
+CLOSE_HELLO_TIMEOUT = SessionClose.HELLO_TIMEOUT
+CLOSE_UNAUTHORIZED = SessionClose.UNAUTHORIZED
+CLOSE_TAKEN_OVER = SessionClose.TAKEN_OVER
+
+# An alias for the per-call path: an Enum member looked up on its class costs a
+# descriptor call each time.
+_MCP = Dialect.MCP
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """How a connection without a session is turned away: the failed hello_ack's text
+    and code, then the WebSocket close code and reason."""
+
+    error: str  # the hello_ack's text, for people
+    code: ErrorCode  # the hello_ack's code, for programs
+    close_code: int
+    reason: str
+
+
+NOT_JSON = Refusal("not JSON", ErrorCode.INVALID_FRAME, CLOSE_NOT_JSON, "first frame is not JSON")
+EXPECTED_HELLO = Refusal(
+    "expected hello", ErrorCode.INVALID_FRAME, CLOSE_NOT_HELLO, "expected hello"
+)
+BAD_SESSION_ID = Refusal(
+    f"session_id longer than {SESSION_ID_MAX} characters",
+    ErrorCode.INVALID_FRAME,
+    CLOSE_NOT_HELLO,
+    "bad session id",
+)
+UNAUTHORIZED = Refusal("unauthorized", ErrorCode.UNAUTHORIZED, CLOSE_UNAUTHORIZED, "unauthorized")
+HELLO_TIMEOUT = Refusal(
+    "no hello in time", ErrorCode.TIMEOUT, CLOSE_HELLO_TIMEOUT, "no hello in time"
+)
 
 
 class ClientPeer(Protocol):
@@ -54,7 +103,7 @@ class ClientPeer(Protocol):
 
     session: Session | None
     authenticated: bool
-    dialect: str
+    dialect: Dialect
 
     def send(self, data: bytes) -> None: ...
 
@@ -90,19 +139,21 @@ class FrameRouter:
     # --- entry point -----------------------------------------------------------------
 
     def handle(self, peer: ClientPeer, data: bytes) -> None:
+        """Act on one frame from `peer`; every answer goes out through `peer.send`."""
         self.stats.frames += 1
+        codec = self.codec
         try:
-            env = self.codec.decode(data)
+            env = codec.decode(data)
+            op = codec.decode_op(env, data) if env.op is not None else None
         except InvalidFrame as exc:
             if peer.session is None and not peer.authenticated:
                 # The opening frame of an op session must be a JSON hello.
                 self.stats.bad_frames += 1
-                peer.send(self.codec.encode({"op": "hello_ack", "ok": False, "error": "not JSON"}))
-                peer.close(CLOSE_NOT_JSON, "first frame is not JSON")
+                self.refuse(peer, NOT_JSON)
                 return
             self._bad_frame(peer, exc, None)
             return
-        if peer.session is None and not self._open(peer, env):
+        if peer.session is None and not self._open(peer, env, op):
             return
         session = peer.session
         assert session is not None
@@ -110,7 +161,7 @@ class FrameRouter:
             if env.jsonrpc is not None:
                 self._handle_jsonrpc(peer, session, env)
             elif env.op is not None:
-                self._handle_op(peer, session, env)
+                self._handle_op(peer, session, env, op)
             else:
                 raise InvalidFrame('a frame needs "jsonrpc": "2.0" or an "op"')
         except BrokerError as exc:
@@ -118,70 +169,54 @@ class FrameRouter:
 
     # --- session opening -------------------------------------------------------------
 
-    def _open(self, peer: ClientPeer, env: Envelope) -> bool:
+    def _open(self, peer: ClientPeer, env: Envelope, op: OpRequest | None) -> bool:
         """Open the session on the first frame. False if the frame was consumed or refused."""
-        if env.op == "hello":
-            if not self.auth.check(env.token) and not peer.authenticated:
-                log.warning("refused hello: wrong or missing token")
-                peer.send(
-                    self.codec.encode({"op": "hello_ack", "ok": False, "error": "unauthorized"})
-                )
-                peer.close(CLOSE_UNAUTHORIZED, "unauthorized")
-                return False
-            session_id = (env.session_id or "").strip() or secrets.token_hex(16)
-            if len(session_id) > 128:
-                peer.send(
-                    self.codec.encode(
-                        {
-                            "op": "hello_ack",
-                            "ok": False,
-                            "error": "session_id longer than 128 characters",
-                        }
-                    )
-                )
-                peer.close(CLOSE_NOT_HELLO, "bad session id")
-                return False
-            peer.authenticated = True
-            peer.dialect = "op"
-            session, resumed, held = self.sessions.open(session_id, peer.send, env.acks)
-            previous, session.owner = session.owner, peer
-            if previous is not None and previous is not peer:
-                # One connection per session: the newest wins (the old one is likely dead).
-                previous.close(CLOSE_TAKEN_OVER, "session taken over by a new connection")
-            peer.session = session
-            peer.send(
-                self.codec.encode(
-                    {
-                        "op": "hello_ack",
-                        "ok": True,
-                        "session_id": session.id,
-                        "resumed": resumed,
-                        "server": {**SERVER_INFO, "tools": len(self.calls.catalog.tools)},
-                    }
-                )
-            )
-            for frame in held:
-                peer.send(frame)
-            log.info("session %s opened (resumed=%s)", _short(session.id), resumed)
+        if isinstance(op, HelloOp):
+            self._hello(peer, op)
             return False
         if not peer.authenticated:
             if env.op is None and env.jsonrpc is None:
-                peer.send(
-                    self.codec.encode({"op": "hello_ack", "ok": False, "error": "expected hello"})
-                )
-                peer.close(CLOSE_NOT_HELLO, "expected hello")
+                self.refuse(peer, EXPECTED_HELLO)
             else:
-                peer.send(
-                    self.codec.encode({"op": "hello_ack", "ok": False, "error": "unauthorized"})
-                )
-                peer.close(CLOSE_UNAUTHORIZED, "unauthorized")
+                self.refuse(peer, UNAUTHORIZED)
             return False
         session, _, _ = self.sessions.open(secrets.token_hex(16), peer.send, False)
         session.owner = peer
         peer.session = session
-        peer.dialect = "mcp" if env.jsonrpc is not None else "op"
+        peer.dialect = Dialect.MCP if env.jsonrpc is not None else Dialect.OP
         log.info("session %s opened (%s, no hello)", _short(session.id), peer.dialect)
         return True
+
+    def _hello(self, peer: ClientPeer, hello: HelloOp) -> None:
+        if not self.auth.check(hello.token) and not peer.authenticated:
+            log.warning("refused hello: wrong or missing token")
+            self.refuse(peer, UNAUTHORIZED)
+            return
+        session_id = (hello.session_id or "").strip() or secrets.token_hex(16)
+        if len(session_id) > SESSION_ID_MAX:
+            self.refuse(peer, BAD_SESSION_ID)
+            return
+        peer.authenticated = True
+        peer.dialect = Dialect.OP
+        session, resumed, held = self.sessions.open(session_id, peer.send, hello.acks)
+        previous, session.owner = session.owner, peer
+        if previous is not None and previous is not peer:
+            # One connection per session: the newest wins (the old one is likely dead).
+            previous.close(CLOSE_TAKEN_OVER, "session taken over by a new connection")
+        peer.session = session
+        server = ServerSummary(SERVER_NAME, __version__, len(self.calls.catalog.tools))
+        peer.send(self.codec.encode(HelloAck(True, session.id, resumed, server)))
+        for frame in held:
+            peer.send(frame)
+        log.info("session %s opened (resumed=%s)", _short(session.id), resumed)
+
+    def refuse(self, peer: ClientPeer, refusal: Refusal) -> None:
+        """Turn away a connection that has no session yet: a failed hello_ack, then close.
+
+        For the adapter too, when the client sends no hello in time (HELLO_TIMEOUT).
+        """
+        peer.send(self.codec.hello_refused(refusal.error, refusal.code))
+        peer.close(refusal.close_code, refusal.reason)
 
     # --- MCP JSON-RPC ----------------------------------------------------------------
 
@@ -199,7 +234,7 @@ class FrameRouter:
                     self.calls.cancel(session, cancel.requestId, answer=False)
             return
         request_id = env.id
-        if not _valid_id(request_id):
+        if not valid_id(request_id):
             raise InvalidFrame("a JSON-RPC id must be a string or an integer")
         if method is None:
             if present(env.result) or present(env.error):
@@ -212,7 +247,13 @@ class FrameRouter:
                 token = None
             modern = params.meta is not None and params.meta.protocol_version == MODERN_VERSION
             self.calls.submit(
-                session, "mcp", request_id, params.name, params.arguments, token, modern=modern
+                session,
+                Dialect.MCP,
+                request_id,
+                params.name,
+                params.arguments,
+                token,
+                modern=modern,
             )
             return
         generic = self.codec.generic_params(env.params)
@@ -224,7 +265,6 @@ class FrameRouter:
         elif method == "initialize":
             wanted = generic.protocolVersion
             version = wanted if wanted in SUPPORTED_HANDSHAKE_VERSIONS else LATEST_HANDSHAKE_VERSION
-            session.protocol_version = version
             result = self.codec.encode(
                 {
                     "protocolVersion": version,
@@ -251,40 +291,43 @@ class FrameRouter:
 
     # --- op dialect ------------------------------------------------------------------
 
-    def _handle_op(self, peer: ClientPeer, session: Session, env: Envelope) -> None:
-        op = env.op
-        if op == "call_tool":
-            request_id = env.request_id
-            if not _valid_id(request_id):
+    def _handle_op(
+        self, peer: ClientPeer, session: Session, env: Envelope, op: OpRequest | None
+    ) -> None:
+        if isinstance(op, CallToolOp):
+            request_id = op.request_id
+            if not valid_id(request_id):
                 raise InvalidFrame("call_tool needs a string or integer request_id")
-            if not env.name:
+            if not op.name:
                 raise InvalidFrame("call_tool needs the tool's name")
-            self.calls.submit(session, "op", request_id, env.name, env.arguments, request_id)
-        elif op == "list_tools":
-            peer.send(b'{"op":"list_tools_res",' + self.calls.catalog.list_result[1:])
-        elif op == "cancel":
-            if not present(env.request_id):
+            self.calls.submit(session, Dialect.OP, request_id, op.name, op.arguments, request_id)
+        elif isinstance(op, ListToolsOp):
+            tools = msgspec.Raw(self.calls.catalog.tools_json)
+            peer.send(self.codec.encode(ListToolsRes(tools)))
+        elif isinstance(op, CancelOp):
+            if not present(op.request_id):
                 raise InvalidFrame("cancel needs the request_id of the call")
-            self.calls.cancel(session, env.request_id, answer=True)
-        elif op == "health":
-            peer.send(self.codec.encode({"op": "health_res", "health": self.health()}))
-        elif op == "hello":
+            self.calls.cancel(session, op.request_id, answer=True)
+        elif isinstance(op, HealthOp):
+            peer.send(self.codec.encode(HealthRes(self.health())))
+        elif isinstance(op, HelloOp):
             raise InvalidFrame("this connection already has a session; hello only comes first")
-        elif op == "rotate_token":
-            self._rotate(peer, env)
+        elif isinstance(op, RotateTokenOp):
+            self._rotate(peer, op)
         else:
-            raise InvalidFrame(f"unknown op {op!r}")
+            raise InvalidFrame(f"unknown op {env.op!r}")
 
-    def _rotate(self, peer: ClientPeer, env: Envelope) -> None:
+    def _rotate(self, peer: ClientPeer, rotate: RotateTokenOp) -> None:
         if not self.auth.enabled:
             raise Unauthorized("token auth is off (EXAI_WS_TOKEN is empty); nothing to rotate")
-        if not env.new or any(c.isspace() for c in env.new):
+        new = rotate.new
+        if not new or any(c.isspace() for c in new):
             raise InvalidFrame("rotate_token needs a new token without whitespace")
-        if not self.auth.rotate(env.old or "", env.new):
+        if not self.auth.rotate(rotate.old or "", new):
             log.warning("refused rotate_token: the old token did not match")
             raise Unauthorized("the old token does not match")
         log.info("token rotated; new connections need the new token")
-        peer.send(self.codec.encode({"op": "rotate_token_res", "ok": True}))
+        peer.send(self.codec.encode(RotateTokenRes(True)))
 
     # --- errors ----------------------------------------------------------------------
 
@@ -296,26 +339,17 @@ class FrameRouter:
         # Answer in the client's own dialect: JSON-RPC for MCP sessions and for anything
         # that looks like a request, op frames for op clients.
         jsonrpc = (
-            peer.dialect == "mcp"
+            peer.dialect is Dialect.MCP
             or (env is not None and (env.jsonrpc is not None or present(env.id) or env.method))
         ) and not (env is not None and env.op is not None)
         if jsonrpc:
             request_id = env.id if env is not None and present(env.id) else None
-            if request_id is not None and not _valid_id(request_id):
+            if request_id is not None and not valid_id(request_id):
                 request_id = None
             peer.send(self.codec.error(request_id, exc))
         else:
             request_id = env.request_id if env is not None and present(env.request_id) else None
-            peer.send(self.codec.op_error("error", request_id, exc))
-
-
-_ID_FIRST_BYTES = frozenset(b'"-0123456789')
-
-
-def _valid_id(raw: msgspec.Raw) -> bool:
-    """A JSON string or number: what its first byte says (the frame parsed as JSON)."""
-    data = bytes(raw)
-    return bool(data) and data[0] in _ID_FIRST_BYTES
+            peer.send(self.codec.op_error(request_id, exc))
 
 
 def _short(session_id: str) -> str:

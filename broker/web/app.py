@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from broker.observe.prometheus import CONTENT_TYPE
-from broker.router.router import CLOSE_HELLO_TIMEOUT
+from broker.router.router import HELLO_TIMEOUT, Refusal
 from broker.web.auth import Auth
 from broker.web.clients import Clients
 from broker.web.connection import WsConnection
@@ -37,6 +37,9 @@ WS_ONLY_PATH = "/ws"
 class FrameHandler(Protocol):
     def handle(self, peer: WsConnection, data: bytes, /) -> None:
         """Act on one frame from `peer`."""
+
+    def refuse(self, peer: WsConnection, refusal: Refusal, /) -> None:
+        """Refuse `peer`'s session opening and close it."""
 
 
 class Backend(Protocol):
@@ -119,7 +122,7 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
 
     heartbeat = Heartbeat(loop, settings.ping_interval_s, settings.ping_timeout_s, ws.ping, silent)
     heard = heartbeat.heard
-    hello_timer = loop.call_later(settings.hello_timeout_s, _hello_timeout, conn)
+    hello_timer = loop.call_later(settings.hello_timeout_s, _hello_timeout, backend.router, conn)
     handle = backend.router.handle
     receive = ws.receive
     try:
@@ -158,10 +161,9 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def _hello_timeout(conn: WsConnection) -> None:
+def _hello_timeout(router: FrameHandler, conn: WsConnection) -> None:
     if conn.session is None and not conn.closing:
-        conn.send(b'{"op":"hello_ack","ok":false,"error":"no hello in time"}')
-        conn.close(CLOSE_HELLO_TIMEOUT, "no hello in time")
+        router.refuse(conn, HELLO_TIMEOUT)
 
 
 async def handle_health(request: web.Request) -> web.StreamResponse:

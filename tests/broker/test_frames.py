@@ -1,4 +1,4 @@
-"""Unit tests for broker.router.codec: client frame envelopes in, JSON-RPC/op frames out."""
+"""Unit tests for broker.router.codec and ops: client frames in, JSON-RPC/op frames out."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.calls.validation import parse_arguments
-from broker.router.codec import FrameCodec, present
+from broker.router.codec import Envelope, FrameCodec
+from broker.router.ops import (
+    CallToolOp,
+    CancelOp,
+    HelloOp,
+    ListToolsOp,
+    OpRequest,
+    RotateTokenOp,
+)
+from broker.router.raw import present
 from exai.errors import ErrorCode, InvalidArguments, InvalidFrame, OverCapacity, Timeout
 
 
@@ -22,10 +31,21 @@ def codec() -> FrameCodec:
     return FrameCodec()
 
 
+def decode_all(codec: FrameCodec, data: bytes) -> tuple[Envelope, OpRequest | None]:
+    """Decode `data` as the router does: the envelope, then the op frame if it has an op."""
+    env = codec.decode(data)
+    return env, codec.decode_op(env, data) if env.op is not None else None
+
+
+def op_frame(codec: FrameCodec, data: bytes) -> OpRequest | None:
+    """The op Struct `data` decodes to."""
+    return decode_all(codec, data)[1]
+
+
 def invalid_frame(codec: FrameCodec, data: bytes) -> InvalidFrame:
     """The InvalidFrame that decoding `data` raises."""
     with pytest.raises(InvalidFrame) as info:
-        codec.decode(data)
+        decode_all(codec, data)
     assert info.value.code is ErrorCode.INVALID_FRAME
     return info.value
 
@@ -67,26 +87,56 @@ def test_decode_jsonrpc_null_id_counts_as_present(codec: FrameCodec) -> None:
 
 def test_decode_op_hello(codec: FrameCodec) -> None:
     """The EX-AI hello op carries its token and session id."""
-    env = codec.decode(b'{"op":"hello","token":"t0k","session_id":"abc","acks":true}')
-    assert (env.op, env.token, env.session_id, env.acks) == ("hello", "t0k", "abc", True)
+    env, hello = decode_all(codec, b'{"op":"hello","token":"t0k","session_id":"abc","acks":true}')
+    assert isinstance(hello, HelloOp)
+    assert (env.op, hello.token, hello.session_id, hello.acks) == ("hello", "t0k", "abc", True)
     assert env.jsonrpc is None
 
 
 def test_decode_op_call_tool(codec: FrameCodec) -> None:
     """call_tool keeps request_id and arguments as raw JSON."""
-    env = codec.decode(
-        b'{"op":"call_tool","request_id":"r-1","name":"glm_chat","arguments":{"prompt":"x"}}'
+    env, call = decode_all(
+        codec,
+        b'{"op":"call_tool","request_id":"r-1","name":"glm_chat","arguments":{"prompt":"x"}}',
     )
-    assert (env.op, env.name) == ("call_tool", "glm_chat")
-    assert bytes(env.request_id) == b'"r-1"'
-    assert bytes(env.arguments) == b'{"prompt":"x"}'
+    assert isinstance(call, CallToolOp)
+    assert (env.op, call.name) == ("call_tool", "glm_chat")
+    assert bytes(call.request_id) == b'"r-1"'
+    assert bytes(call.arguments) == b'{"prompt":"x"}'
 
 
 def test_decode_op_rotate_token_and_cancel(codec: FrameCodec) -> None:
     """rotate_token's old/new and cancel's request_id are read."""
-    env = codec.decode(b'{"op":"rotate_token","old":"a","new":"b"}')
-    assert (env.old, env.new) == ("a", "b")
-    assert bytes(codec.decode(b'{"op":"cancel","request_id":7}').request_id) == b"7"
+    rotate = op_frame(codec, b'{"op":"rotate_token","old":"a","new":"b"}')
+    assert isinstance(rotate, RotateTokenOp)
+    assert (rotate.old, rotate.new) == ("a", "b")
+    cancel = op_frame(codec, b'{"op":"cancel","request_id":7}')
+    assert isinstance(cancel, CancelOp)
+    assert bytes(cancel.request_id) == b"7"
+
+
+def test_decode_op_without_fields_gets_absent_defaults(codec: FrameCodec) -> None:
+    """An op frame may leave out every field: the router, not msgspec, names what is missing."""
+    call = op_frame(codec, b'{"op":"call_tool"}')
+    assert isinstance(call, CallToolOp)
+    assert call.name is None and not present(call.request_id) and not present(call.arguments)
+    assert isinstance(op_frame(codec, b'{"op":"list_tools"}'), ListToolsOp)
+
+
+@pytest.mark.parametrize("op", ["frobnicate", "", "progress", "hello_ack", "HELLO"])
+def test_unknown_op_decodes_to_none_with_its_request_id(codec: FrameCodec, op: str) -> None:
+    """An op nobody knows is no decode error: the router answers it as an unknown op,
+    echoing the request_id the envelope read."""
+    data = json.dumps({"op": op, "request_id": "u1", "token": 5}).encode()
+    env, frame = decode_all(codec, data)
+    assert frame is None
+    assert (env.op, bytes(env.request_id)) == (op, b'"u1"')
+
+
+def test_fields_of_another_op_are_ignored(codec: FrameCodec) -> None:
+    """Each op decodes only its own fields, so another op's field (even ill-typed) is
+    ignored like any unknown field."""
+    assert isinstance(op_frame(codec, b'{"op":"list_tools","token":5,"new":[]}'), ListToolsOp)
 
 
 def test_unknown_fields_are_ignored(codec: FrameCodec) -> None:
@@ -263,12 +313,33 @@ def test_progress_notification_omits_unknown_total_and_message(codec: FrameCodec
 
 def test_op_error_frame(codec: FrameCodec) -> None:
     """Op-dialect errors carry the op, the raw request_id and code/message."""
-    frame = codec.op_error("call_tool_res", msgspec.Raw(b'"r-9"'), Timeout("took too long"))
+    frame = codec.op_call_error(msgspec.Raw(b'"r-9"'), Timeout("took too long"))
     assert json.loads(frame) == {
         "op": "call_tool_res",
         "request_id": "r-9",
         "error": {"message": "took too long", "code": "TIMEOUT"},
     }
+    assert frame == (
+        b'{"op":"call_tool_res","error":{"message":"took too long","code":"TIMEOUT"},'
+        b'"request_id":"r-9"}'
+    )
+
+
+def test_op_error_frame_outside_a_call(codec: FrameCodec) -> None:
+    """A refused op frame is `"op": "error"`, with the request_id only when it had one."""
+    exc = InvalidFrame("unknown op 'x'")
+    assert codec.op_error(None, exc) == (
+        b'{"op":"error","error":{"message":"unknown op \'x\'","code":"INVALID_FRAME"}}'
+    )
+    assert codec.op_error(msgspec.Raw(b"7"), exc).endswith(b',"request_id":7}')
+
+
+def test_hello_refused_carries_text_and_code(codec: FrameCodec) -> None:
+    """A refused hello says why in words (`error`) and as an ErrorCode (`code`), in that order,
+    after the op and ok the shim reads first."""
+    assert codec.hello_refused("unauthorized", ErrorCode.UNAUTHORIZED) == (
+        b'{"op":"hello_ack","ok":false,"error":"unauthorized","code":"UNAUTHORIZED"}'
+    )
 
 
 # --- call params and routing arguments -----------------------------------------------
@@ -377,7 +448,7 @@ _envelopes = st.dictionaries(st.sampled_from(_FIELDS) | st.text(max_size=5), _js
 def test_arbitrary_bytes_decode_or_raise_invalid_frame(data: bytes) -> None:
     """Whatever bytes arrive, decode returns an envelope or raises InvalidFrame."""
     with contextlib.suppress(InvalidFrame):
-        FrameCodec().decode(data)
+        decode_all(FrameCodec(), data)
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -387,10 +458,11 @@ def test_arbitrary_json_decodes_or_raises_invalid_frame(value: Any, ascii_only: 
     InvalidArguments."""
     codec = FrameCodec()
     try:
-        env = codec.decode(json.dumps(value, ensure_ascii=ascii_only).encode())
+        env, op = decode_all(codec, json.dumps(value, ensure_ascii=ascii_only).encode())
     except InvalidFrame:
         return
-    for raw in (env.params, env.arguments):
+    arguments = op.arguments if isinstance(op, CallToolOp) else msgspec.Raw(b"")
+    for raw in (env.params, arguments):
         if present(raw):
             with contextlib.suppress(InvalidArguments):
                 codec.call_params(raw)

@@ -1,0 +1,160 @@
+"""What a call's client is told, in the call's dialect: acks, results, errors, progress;
+and the typed error for each way a call can fail.
+
+JSON-RPC answers are spliced from raw bytes (the id and the worker's result are JSON
+already, and this is every MCP call's path); op answers are encoded from the Structs
+of ops.py, which turn a tool result into outputs and text for the op client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from broker.calls.call import PendingCall
+from broker.calls.scheduler import Rejection
+from broker.router.codec import Dialect, FrameCodec
+from broker.router.modern import stamp_result
+from broker.router.ops import Ack, CallToolAck, CallToolRes, ProgressNote, ToolFailure
+from exai.errors import (
+    BrokerError,
+    ErrorCode,
+    InvalidArguments,
+    OverCapacity,
+    ResultTooLarge,
+    Timeout,
+    ToolNotFound,
+    WorkerLost,
+)
+from exai.ipc import Progress, Result
+
+__all__ = [
+    "AnswerFrames",
+    "over_capacity",
+    "queue_wait_expired",
+    "timed_out",
+    "too_large",
+    "worker_error",
+    "worker_lost",
+]
+
+
+class _ToolResult(msgspec.Struct):
+    content: list[dict[str, Any]] = []
+    isError: bool = False
+    structuredContent: Any = None
+
+
+_TOOL_RESULT = msgspec.json.Decoder(_ToolResult)
+# An alias: looking a member up on an Enum class costs a descriptor call per answer.
+_OP = Dialect.OP
+
+
+class AnswerFrames:
+    """Builds the frames about one call, with the daemon's codec."""
+
+    __slots__ = ("_codec",)
+
+    def __init__(self, codec: FrameCodec) -> None:
+        self._codec = codec
+
+    def call_ack(self, call: PendingCall) -> bytes:
+        """An op client's `call_tool_ack`: the call is running or queued."""
+        return self._codec.encode(CallToolAck(call.request_id))
+
+    def shim_ack(self, call: PendingCall) -> bytes:
+        """A shim's `ack` of a JSON-RPC request that is taking a while."""
+        return self._codec.encode(Ack(call.request_id))
+
+    def result(self, call: PendingCall, payload: bytes) -> bytes:
+        """The answer carrying a worker's CallToolResult (JSON bytes)."""
+        if call.dialect is not _OP:
+            if call.modern:
+                payload = stamp_result(payload, "tools/call")
+            # What codec.result encodes, spliced: both the id and the result are raw JSON.
+            return b'{"jsonrpc":"2.0","id":' + call.request_id + b',"result":' + payload + b"}"
+        result = _TOOL_RESULT.decode(payload)
+        outputs = [c for c in result.content if isinstance(c, dict)]
+        text = "\n".join(str(c.get("text", "")) for c in outputs if c.get("type") == "text")
+        failure = ToolFailure(ErrorCode.EXEC_ERROR, text) if result.isError else None
+        return self._codec.encode(
+            CallToolRes(
+                call.request_id, outputs, text, result.isError, result.structuredContent, failure
+            )
+        )
+
+    def error(self, dialect: Dialect, request_id: msgspec.Raw, exc: BrokerError) -> bytes:
+        """The answer of a call that ended with `exc` instead of a tool result."""
+        if dialect is _OP:
+            return self._codec.op_call_error(request_id, exc)
+        return self._codec.error(request_id, exc)
+
+    def progress(self, call: PendingCall, progress: Progress) -> bytes:
+        """A worker's progress report, to the token the client gave."""
+        if call.dialect is _OP:
+            return self._codec.encode(
+                ProgressNote(call.request_id, progress.progress, progress.total, progress.message)
+            )
+        assert call.progress_token is not None
+        return self._codec.progress(
+            call.progress_token, progress.progress, progress.total, progress.message
+        )
+
+
+# --- why a call failed ---------------------------------------------------------------
+
+
+def over_capacity(rejection: Rejection) -> OverCapacity:
+    """Refused at once: a cap the call needs is full (and it may not wait)."""
+    return OverCapacity(
+        rejection.describe(),
+        scope=rejection.scope,
+        provider=rejection.provider,
+        retry_after_ms=rejection.retry_after_ms,
+    )
+
+
+def queue_wait_expired(rejection: Rejection, waited_s: float) -> OverCapacity:
+    """Waited the whole queue timeout without a cap freeing up."""
+    return OverCapacity(
+        f"waited {waited_s:g} s in the queue: " + rejection.describe(),
+        scope=rejection.scope,
+        provider=rejection.provider,
+        retry_after_ms=rejection.retry_after_ms,
+    )
+
+
+def timed_out(tool: str, timeout_s: float) -> Timeout:
+    return Timeout(
+        f"{tool!r} did not finish within {timeout_s:g} s (EXAI_WS_CALL_TIMEOUT); it was cancelled",
+        timeout_s=timeout_s,
+    )
+
+
+def worker_lost(reason: str, tool: str, slot: int) -> WorkerLost:
+    return WorkerLost(f"{reason} while running {tool!r}; it is being restarted", worker=slot)
+
+
+def too_large(tool: str, size: int, max_frame_bytes: int) -> ResultTooLarge:
+    return ResultTooLarge(
+        f"{tool!r} returned {size} bytes, more than EXAI_WS_MAX_BYTES "
+        f"({max_frame_bytes}) allows in one frame",
+        bytes=size,
+    )
+
+
+def worker_error(result: Result, tool: str) -> BrokerError:
+    """The typed error for a worker's failed Result."""
+    message = result.error_message or "the tool failed"
+    kinds: dict[str | None, type[BrokerError]] = {
+        ErrorCode.TOOL_NOT_FOUND: ToolNotFound,
+        ErrorCode.OVER_CAPACITY: OverCapacity,
+        ErrorCode.WORKER_LOST: WorkerLost,
+        ErrorCode.INVALID_ARGUMENTS: InvalidArguments,
+    }
+    kind = kinds.get(result.error_code, BrokerError)
+    if kind is OverCapacity:
+        scope = "provider" if result.provider else "global"
+        return OverCapacity(message, scope=scope, provider=result.provider, retry_after_ms=1000)
+    return kind(message, tool=tool)
