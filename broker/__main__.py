@@ -14,7 +14,7 @@ from pathlib import Path
 from broker.observe.files import SERVER_LOG
 from exai import __version__
 from exai.exits import ExitCode
-from exai.loops import run as run_loop
+from exai.loops import run_program
 from exai.settings import (
     Settings,
     SettingsError,
@@ -168,10 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings)
     from broker.daemon import serve
 
-    try:
-        return run_loop(serve(settings, environ))
-    except KeyboardInterrupt:
-        return ExitCode.INTERRUPTED
+    return run_program(serve(settings, environ))
 
 
 def run() -> None:

@@ -10,7 +10,9 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["event_loop_runner", "run"]
+from exai.exits import ExitCode
+
+__all__ = ["event_loop_runner", "run", "run_program"]
 
 T = TypeVar("T")
 
@@ -28,3 +30,11 @@ def event_loop_runner() -> Callable[[Coroutine[Any, Any, T]], T]:
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run `main` to completion on the best loop available."""
     return event_loop_runner()(main)
+
+
+def run_program(main: Coroutine[Any, Any, int]) -> int:
+    """`run` for an entry point: its exit code, or INTERRUPTED after Ctrl+C."""
+    try:
+        return run(main)
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED

@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import msgspec
 
+from exai.jsonrpc import Message
+
 __all__ = [
     "Ask",
     "Garbage",
@@ -32,18 +34,7 @@ __all__ = [
     "Reply",
 ]
 
-# msgspec cannot put Raw in a union: an empty Raw stands for "absent".
-_ABSENT = msgspec.Raw(b"")
 _RawDict = dict[str, msgspec.Raw]
-
-
-class _Envelope(msgspec.Struct):
-    jsonrpc: str | None = None
-    id: msgspec.Raw = _ABSENT
-    method: str | None = None
-    params: msgspec.Raw = _ABSENT
-    result: msgspec.Raw = _ABSENT
-    error: msgspec.Raw = _ABSENT
 
 
 class Reply(NamedTuple):
@@ -106,7 +97,7 @@ class Relay:
         self._pending: dict[int, _Pending] = {}
         self._by_handle: dict[int, int] = {}
         self._asks: dict[int, bytes] = {}
-        self._decoder = msgspec.json.Decoder(_Envelope)
+        self._decoder = msgspec.json.Decoder(Message)
 
     # --- toward the server -------------------------------------------------------
 
@@ -190,7 +181,7 @@ class Relay:
             return self._receive_progress(params)
         return Notice(env.method, params)
 
-    def _receive_response(self, env: _Envelope, line: bytes) -> RelayEvent | None:
+    def _receive_response(self, env: Message, line: bytes) -> RelayEvent | None:
         try:
             server_id = int(bytes(env.id))
         except ValueError:

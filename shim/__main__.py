@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from exai.exits import ExitCode
-from exai.loops import run as run_loop
+from exai.loops import run_program
 from exai.settings import SettingsError, ShimSettings, collect_environment, load_shim_settings
 from shim.bridge import Bridge
 from shim.stdio import LineReader, StdoutWriter
@@ -91,11 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"exai-shim: invalid setting: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    try:
-        # uvloop halves the shim's CPU per call for ~10 ms more start-up.
-        return run_loop(serve(settings))
-    except KeyboardInterrupt:
-        return ExitCode.INTERRUPTED
+    # uvloop halves the shim's CPU per call for ~10 ms more start-up.
+    return run_program(serve(settings))
 
 
 def run() -> None:

@@ -43,8 +43,9 @@ from broker.calls.scheduler import Lease, Waiter
 from broker.calls.session import Session
 from broker.pool.supervisor import WorkerHandle
 from broker.router.codec import Dialect
+from exai.states import IllegalMove, Transitions
 
-__all__ = ["CallState", "IllegalMove", "PendingCall", "move"]
+__all__ = ["MOVES", "CallState", "IllegalMove", "PendingCall", "move"]
 
 
 class CallState(enum.IntEnum):
@@ -63,22 +64,15 @@ class CallState(enum.IntEnum):
 
 _S = CallState
 _DONE = CallState.DONE
-_ALLOWED: dict[CallState, frozenset[CallState]] = {
-    _S.RECEIVED: frozenset({_S.QUEUED, _S.HELD, _S.RUNNING, _S.DONE}),
-    _S.QUEUED: frozenset({_S.HELD, _S.RUNNING, _S.DONE}),
-    _S.HELD: frozenset({_S.RUNNING, _S.DONE}),
-    _S.RUNNING: frozenset({_S.DONE}),
-    _S.DONE: frozenset(),
-}
-
-
-class IllegalMove(RuntimeError):
-    """A call was asked to make a move its state does not allow: a bug in the broker."""
-
-    def __init__(self, call_id: int, from_state: CallState, to_state: CallState) -> None:
-        super().__init__(f"call {call_id}: {from_state.name} -> {to_state.name} is not allowed")
-        self.from_state = from_state
-        self.to_state = to_state
+MOVES: Transitions[CallState] = Transitions(
+    {
+        _S.RECEIVED: (_S.QUEUED, _S.HELD, _S.RUNNING, _S.DONE),
+        _S.QUEUED: (_S.HELD, _S.RUNNING, _S.DONE),
+        _S.HELD: (_S.RUNNING, _S.DONE),
+        _S.RUNNING: (_S.DONE,),
+        _S.DONE: (),
+    }
+)
 
 
 class PendingCall(msgspec.Struct, eq=False):
@@ -127,7 +121,6 @@ def move(call: PendingCall, to_state: CallState) -> CallState:
     Raises IllegalMove, leaving the call as it was, when the table does not allow it.
     """
     from_state = call.state
-    if to_state not in _ALLOWED[from_state]:
-        raise IllegalMove(call.call_id, from_state, to_state)
+    MOVES.check(f"call {call.call_id}", from_state, to_state)
     call.state = to_state
     return from_state

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from exai.coalesce import WriteCoalescer
 from exai.framing import FrameEncoder
 from exai.ipc import Ready
+from exai.states import IllegalMove, Transitions
 
 if TYPE_CHECKING:
     import asyncio
@@ -62,22 +63,15 @@ class WorkerState(enum.StrEnum):
 
 
 _S = WorkerState
-_ALLOWED: dict[WorkerState, frozenset[WorkerState]] = {
-    _S.STARTING: frozenset({_S.READY, _S.STOPPING, _S.DEAD}),
-    _S.READY: frozenset({_S.DRAINING, _S.STOPPING, _S.DEAD}),
-    _S.DRAINING: frozenset({_S.STOPPING, _S.DEAD}),
-    _S.STOPPING: frozenset({_S.DEAD}),
-    _S.DEAD: frozenset({_S.STARTING}),
-}
-
-
-class IllegalMove(RuntimeError):
-    """A worker was asked to make a move its state does not allow: a bug in the broker."""
-
-    def __init__(self, slot: int, from_state: WorkerState, to_state: WorkerState) -> None:
-        super().__init__(f"worker {slot}: {from_state.name} -> {to_state.name} is not allowed")
-        self.from_state = from_state
-        self.to_state = to_state
+MOVES: Transitions[WorkerState] = Transitions(
+    {
+        _S.STARTING: (_S.READY, _S.STOPPING, _S.DEAD),
+        _S.READY: (_S.DRAINING, _S.STOPPING, _S.DEAD),
+        _S.DRAINING: (_S.STOPPING, _S.DEAD),
+        _S.STOPPING: (_S.DEAD,),
+        _S.DEAD: (_S.STARTING,),
+    }
+)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -137,7 +131,6 @@ def move(handle: WorkerHandle, to_state: WorkerState) -> WorkerState:
     Raises IllegalMove, leaving the handle as it was, when the table does not allow it.
     """
     from_state = handle.state
-    if to_state not in _ALLOWED[from_state]:
-        raise IllegalMove(handle.slot, from_state, to_state)
+    MOVES.check(f"worker {handle.slot}", from_state, to_state)
     handle.state = to_state
     return from_state

@@ -14,8 +14,8 @@ from typing import Any
 import msgspec
 
 from broker.router.ops import OP_NAMES, CallToolErrorRes, ErrorRes, HelloRefused, OpRequest
-from broker.router.raw import ABSENT
 from exai.errors import BrokerError, ErrorCode, InvalidArguments, InvalidFrame
+from exai.jsonrpc import ABSENT, Message
 
 __all__ = [
     "CallToolParams",
@@ -34,15 +34,9 @@ class Dialect(enum.StrEnum):
     OP = "op"
 
 
-class Envelope(msgspec.Struct):
+class Envelope(Message):
     """The top level of a frame: JSON-RPC's fields, and the op dialect's op and id."""
 
-    jsonrpc: str | None = None
-    id: msgspec.Raw = ABSENT
-    method: str | None = None
-    params: msgspec.Raw = ABSENT
-    result: msgspec.Raw = ABSENT
-    error: msgspec.Raw = ABSENT
     op: str | None = None
     # Read here as well as in the op's Struct: an error for an unknown op echoes it.
     request_id: msgspec.Raw = ABSENT

@@ -13,8 +13,8 @@ from typing import Any, get_args
 
 import msgspec
 
-from broker.router.raw import ABSENT
 from exai.errors import ErrorCode
+from exai.jsonrpc import ABSENT
 
 __all__ = [
     "OP_NAMES",

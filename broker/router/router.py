@@ -32,7 +32,6 @@ from broker.router.ops import (
     RotateTokenRes,
     ServerSummary,
 )
-from broker.router.raw import present, valid_id
 from broker.web.auth import Auth
 from exai import __version__
 from exai.closes import SessionClose
@@ -46,6 +45,7 @@ from exai.errors import (
     MethodNotFound,
     Unauthorized,
 )
+from exai.jsonrpc import present, valid_id
 from exai.settings import Settings
 
 __all__ = ["HELLO_TIMEOUT", "ClientPeer", "FrameRouter", "Refusal"]

@@ -21,8 +21,8 @@ from broker.router.ops import (
     OpRequest,
     RotateTokenOp,
 )
-from broker.router.raw import present
 from exai.errors import ErrorCode, InvalidArguments, InvalidFrame, OverCapacity, Timeout
+from exai.jsonrpc import present
 
 
 @pytest.fixture
