@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +26,7 @@ from broker.calls.catalog import Catalog
 from broker.calls.manager import CallManager, CallRecord
 from broker.calls.scheduler import Scheduler
 from broker.calls.session import SessionRegistry
+from broker.lifecycle import Lifecycle, Part
 from broker.observe.calllog import MetricsWriter
 from broker.observe.files import HEALTH_FILE, METRICS_FILE
 from broker.observe.health import HealthFile
@@ -47,7 +46,7 @@ from exai.exits import ExitCode
 from exai.net import ws_url
 from exai.settings import Settings, worker_overrides
 
-__all__ = ["Daemon", "Lifecycle", "Part", "serve"]
+__all__ = ["Daemon", "serve"]
 
 log = logging.getLogger("broker")
 
@@ -70,55 +69,6 @@ async def serve(settings: Settings, environ: Mapping[str, str]) -> int:
         return ExitCode.BIND_FAILED
     with sock:
         return await Daemon(settings, environ, sock).run()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Part:
-    """One piece of the daemon: `run()` is an async context manager that starts the
-    piece on entry and stops it on exit."""
-
-    name: str
-    run: Callable[[], contextlib.AbstractAsyncContextManager[None]]
-
-
-class Lifecycle:
-    """Starts parts in their declared order and stops the started ones in reverse.
-
-    A part that fails to start undoes its own partial start; the parts started before
-    it are stopped, in reverse, before its error propagates. When `stop` is set while
-    parts are starting, the rest are not started (`complete` stays False) and those
-    started stop as usual.
-    """
-
-    def __init__(self, parts: Sequence[Part], stop: asyncio.Event | None = None) -> None:
-        self.parts = tuple(parts)
-        self.started: list[str] = []
-        self._stop = stop
-        self._stack = contextlib.AsyncExitStack()
-
-    @property
-    def complete(self) -> bool:
-        return len(self.started) == len(self.parts)
-
-    async def __aenter__(self) -> Lifecycle:
-        async with contextlib.AsyncExitStack() as stack:
-            for part in self.parts:
-                if self._stop is not None and self._stop.is_set():
-                    log.info("stop requested while starting: %s not started", part.name)
-                    break
-                log.debug("starting %s", part.name)
-                await stack.enter_async_context(part.run())
-                self.started.append(part.name)
-            self._stack = stack.pop_all()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._stack.__aexit__(exc_type, exc, tb)
 
 
 class Daemon:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.daemon import Daemon, Lifecycle, Part, serve
+from broker.daemon import Daemon, serve
+from broker.lifecycle import Lifecycle, Part
 from broker.web.listener import bind_socket
 from exai.exits import ExitCode
 from exai.settings import load_settings
