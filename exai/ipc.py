@@ -16,6 +16,7 @@ __all__ = [
     "Heartbeat",
     "Progress",
     "Ready",
+    "Recycle",
     "Result",
     "SessionEnded",
     "Shutdown",
@@ -67,6 +68,13 @@ class Ready(msgspec.Struct, tag="ready", array_like=True, frozen=True):
     server_name: str = ""
 
 
+class Recycle(msgspec.Struct, tag="recycle", array_like=True, frozen=True):
+    """Sent by a worker that can no longer serve well (its tool threads are stranded):
+    take it out of rotation and replace it once its calls are done."""
+
+    reason: str
+
+
 class Result(msgspec.Struct, tag="result", array_like=True, frozen=True):
     """Outcome of a call: `result` is MCP CallToolResult JSON bytes, or an error code+message."""
 
@@ -87,4 +95,4 @@ class Progress(msgspec.Struct, tag="progress", array_like=True, frozen=True):
 
 
 BrokerMessage = Call | Cancel | Heartbeat | Shutdown | SessionEnded
-WorkerMessage = Ready | Result | Progress | Heartbeat
+WorkerMessage = Ready | Result | Progress | Heartbeat | Recycle

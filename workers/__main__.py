@@ -27,6 +27,7 @@ from exai.ipc import (
     Heartbeat,
     Progress,
     Ready,
+    Recycle,
     Result,
     SessionEnded,
     Shutdown,
@@ -34,7 +35,9 @@ from exai.ipc import (
 from exai.loops import run
 from exai.settings import PoolKind, Settings, SettingsError, load_settings
 from workers.host import load_tool_server
+from workers.parentwatch import watch_parent
 from workers.pipes import IpcPipes, take_ipc_stdout
+from workers.threads import ToolThreads
 from workers.toolserver import ToolContext, ToolServer, settle
 
 __all__ = ["Worker", "load_server", "main"]
@@ -54,6 +57,13 @@ class Worker:
         self.pipes: IpcPipes | None = None
         self.stopping = asyncio.Event()
         self.grace_s = 5.0
+        self.threads: ToolThreads | None = getattr(server, "threads", None)
+        if self.threads is not None:
+            self.threads.on_exhausted = self.ask_to_recycle
+
+    def ask_to_recycle(self, reason: str) -> None:
+        log.warning("asking to be replaced: %s", reason)
+        self.send(Recycle(reason))
 
     def send(self, message: Any) -> None:
         assert self.pipes is not None
@@ -77,7 +87,11 @@ class Worker:
             elif isinstance(message, Cancel):
                 task = self.tasks.get(message.call_id)
                 if task is not None:
-                    task.cancel()
+                    # Not at once: a call that arrived in the same read has not started,
+                    # and a task cancelled before its first step never runs run_call, so
+                    # no Result would be sent. The loop runs callbacks in order, so by
+                    # then the task is inside run_call's try.
+                    self.loop.call_soon(task.cancel)
             elif isinstance(message, Heartbeat):
                 self.send(message)
             elif isinstance(message, SessionEnded):
@@ -106,9 +120,21 @@ class Worker:
             )
             result, error = await settle(self.server, call.tool, arguments, ctx)
             if result is not None:
-                self.send(
-                    Result(call.call_id, orjson.dumps(result), is_error=bool(result["isError"]))
-                )
+                try:
+                    payload = orjson.dumps(result)
+                except orjson.JSONEncodeError as exc:
+                    # Int keys, integers past 64 bits, sets: the broker could not relay
+                    # it anyway, and an unanswered call would hang until its timeout.
+                    self.send(
+                        Result(
+                            call.call_id,
+                            None,
+                            ErrorCode.EXEC_ERROR,
+                            f"{call.tool!r} returned a result that is not JSON: {exc}",
+                        )
+                    )
+                    return
+                self.send(Result(call.call_id, payload, is_error=bool(result["isError"])))
             elif error is not None:
                 self.send(
                     Result(call.call_id, None, error.code, str(error), provider=error.provider)
@@ -143,7 +169,8 @@ def load_server(settings: Settings, environ: Mapping[str, str]) -> ToolServer:
     return load_tool_server(settings, environ)
 
 
-async def serve(server: ToolServer) -> None:
+async def serve(server: ToolServer) -> bool:
+    """Serve until told to stop; True if tool threads are still stranded at the end."""
     loop = asyncio.get_running_loop()
     worker = Worker(server, loop)
     ipc_out = take_ipc_stdout()
@@ -170,12 +197,14 @@ async def serve(server: ToolServer) -> None:
     await asyncio.sleep(0)
     pipes.schedule_flush()
     await asyncio.sleep(0.05)
+    return worker.threads is not None and worker.threads.stranded > 0
 
 
 def main() -> int:
     # Ctrl+C in a terminal reaches the whole process group; the broker decides when
     # its workers stop (Shutdown, or stdin EOF), so a worker ignores it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watch_parent()
     try:
         settings = load_settings(os.environ)
     except SettingsError as exc:
@@ -197,7 +226,11 @@ def main() -> int:
             file=sys.stderr,
         )
         return ExitCode.WORKER_LOAD_FAILED
-    run(serve(server))
+    if run(serve(server)):
+        # A normal exit joins every pool thread, and a stranded one may never return.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(ExitCode.OK)
     return ExitCode.OK
 
 

@@ -10,13 +10,13 @@ here: the Ray tool hosts load their tool server with this module too.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from exai.settings import Settings
+from workers.threads import ToolThreads
 from workers.toolserver import (
     HostedError,
     Outcome,
@@ -57,6 +57,7 @@ class ModuleToolServer:
         self.model_tools = model_tools
         self._handler = handler
         self._is_async = inspect.iscoroutinefunction(handler)
+        self.threads = ToolThreads()
 
     async def start(self) -> None:
         return None
@@ -68,10 +69,10 @@ class ModuleToolServer:
         if self._is_async:
             return await self._handler(name, arguments, ctx)
         # Synchronous tools run in a thread so they cannot stall the worker's other calls.
-        return await asyncio.to_thread(self._handler, name, arguments, ctx)
+        return await self.threads.run(self._handler, name, arguments, ctx)
 
     async def aclose(self) -> None:
-        return None
+        self.threads.close()
 
 
 def load_tool_server(settings: Settings, environ: Mapping[str, str]) -> ToolServer:

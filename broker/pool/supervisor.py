@@ -31,7 +31,7 @@ from broker.pool.policy import (
 from broker.pool.spawn import Spawner, SubprocessSpawner
 from broker.pool.worker import WorkerHandle, WorkerState, move
 from exai.framing import FramingError
-from exai.ipc import Cancel, Heartbeat, Ready, Shutdown, WorkerMessage
+from exai.ipc import Cancel, Heartbeat, Ready, Recycle, Shutdown, WorkerMessage
 
 __all__ = ["PoolFailure", "Supervisor", "WorkerHandle", "WorkerState", "worker_environment"]
 
@@ -222,18 +222,35 @@ class Supervisor:
             self._handle_ready(handle, message)
         elif isinstance(message, Heartbeat):
             handle.last_heartbeat = self._clock()
+        elif isinstance(message, Recycle):
+            self._handle_recycle(handle, message.reason)
         else:
             self._on_message(handle, message)
             if handle.state is _S.DRAINING and not handle.calls:
-                log.info(
-                    "worker %s pid=%s drained after %d calls; replacing it",
-                    handle.slot,
-                    handle.pid,
-                    handle.served,
-                )
-                handle.send(Shutdown(1.0))
-                move(handle, _S.STOPPING)
-                handle.planned_exit = True
+                self._retire(handle)
+
+    def _handle_recycle(self, handle: WorkerHandle, reason: str) -> None:
+        """The worker asks to be replaced: it takes no new calls and goes once idle.
+
+        Unlike a drain after --max-calls-per-worker this also applies to the last ready
+        worker: it asks because its later calls would fail.
+        """
+        log.warning("worker %s pid=%s asks to be replaced: %s", handle.slot, handle.pid, reason)
+        if handle.state is _S.READY:
+            move(handle, _S.DRAINING)
+        if handle.state is _S.DRAINING and not handle.calls:
+            self._retire(handle)
+
+    def _retire(self, handle: WorkerHandle) -> None:
+        log.info(
+            "worker %s pid=%s drained after %d calls; replacing it",
+            handle.slot,
+            handle.pid,
+            handle.served,
+        )
+        handle.send(Shutdown(1.0))
+        move(handle, _S.STOPPING)
+        handle.planned_exit = True
 
     def _handle_ready(self, handle: WorkerHandle, message: Ready) -> None:
         if handle.state is not _S.STARTING and handle.state is not _S.STOPPING:
