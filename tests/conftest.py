@@ -21,15 +21,19 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
 from tests.support.processes import tagged_pids
 
+if TYPE_CHECKING:
+    import aiohttp
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = uuid.uuid4().hex
 TIMEOUT_SCALE = float(os.environ.get("EXAI_TEST_TIMEOUT_SCALE", "1"))
+STEP_S = 30.0  # default deadline of one step (a reply, a condition); scaled like the rest
 
 
 def scaled(seconds: float) -> float:
@@ -73,17 +77,21 @@ async def async_wait_for(
 
 
 class _Deadline:
+    """A scaled deadline that fails the test, naming what it waited for, once passed."""
+
     def __init__(self, timeout_s: float, what: str) -> None:
         self.timeout_s = scaled(timeout_s)
         self.what = what
         self.at = time.monotonic() + self.timeout_s
 
     def check(self) -> None:
+        """Fail if the deadline has passed."""
         if time.monotonic() > self.at:
             raise AssertionError(f"timed out after {self.timeout_s:.1f} s waiting for {self.what}")
 
 
 def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (bound and released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -102,23 +110,29 @@ class DaemonProcess:
 
     @property
     def url(self) -> str:
+        """The daemon's WebSocket URL."""
         return f"ws://127.0.0.1:{self.port}/"
 
     @property
     def health_path(self) -> Path:
+        """The health file the daemon rewrites every EXAI_HEALTH_INTERVAL."""
         return self.log_dir / "ws_daemon.health.json"
 
     @property
     def metrics_path(self) -> Path:
+        """The metrics JSONL file (one line per finished call)."""
         return self.log_dir / "ws_daemon.metrics.jsonl"
 
     def stderr(self) -> str:
+        """Everything the daemon wrote to stderr so far."""
         return self.stderr_path.read_text(errors="replace")
 
     def health(self) -> dict[str, Any]:
+        """The health snapshot (raises while the file is missing or half written)."""
         return dict(json.loads(self.health_path.read_text()))
 
     def metrics_lines(self) -> list[dict[str, Any]]:
+        """Every metrics line written so far, parsed."""
         if not self.metrics_path.exists():
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
@@ -133,7 +147,25 @@ class DaemonProcess:
         return env
 
     def worker_pids(self) -> list[int]:
+        """The pids of the workers the health snapshot lists."""
         return [w["pid"] for w in self.health()["workers"] if w.get("pid")]
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Wait until the health file says ready (fails if the daemon exits first)."""
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.stderr()}")
+            try:
+                health = self.health()
+            except (OSError, ValueError):
+                return False
+            if health.get("ready"):
+                self.port = int(health["port"])
+                return True
+            return False
+
+        wait_for(ready, timeout_s, "the daemon to become ready")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
         """Stop gracefully; kill the whole process group if it does not go in time."""
@@ -203,28 +235,29 @@ def start_daemon(
     daemon = DaemonProcess(proc, port, log_dir, full_env, stderr_path, argv)
     _STARTED.append(daemon)
     if wait_ready:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {proc.returncode}:\n{daemon.stderr()}")
-            try:
-                health = daemon.health()
-            except (OSError, ValueError):
-                return False
-            if health.get("ready"):
-                daemon.port = int(health["port"])
-                return True
-            return False
-
-        wait_for(ready, 30.0, "the daemon to become ready")
+        daemon.wait_ready()
     return daemon
 
 
 _STARTED: list[DaemonProcess] = []
 
 
+class DaemonFactory(Protocol):
+    """The `daemon_factory` fixture: `start_daemon` in the test's tmp_path, stopped after."""
+
+    def __call__(
+        self,
+        *,
+        workers: int = ...,
+        env: dict[str, str] | None = ...,
+        args: list[str] | None = ...,
+        port: int = ...,
+        wait_ready: bool = ...,
+    ) -> DaemonProcess: ...
+
+
 @pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
     """Start daemons with `daemon_factory(workers=…, env={…}, args=[…])`; all are stopped after."""
     started: list[DaemonProcess] = []
 
@@ -241,9 +274,18 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
 
 
 @pytest.fixture
-def daemon(daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
+def daemon(daemon_factory: DaemonFactory) -> DaemonProcess:
     """A daemon with 2 workers and the diagnostic tools."""
     return daemon_factory(workers=2)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain aiohttp client session for raw HTTP and WebSocket requests."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @contextlib.asynccontextmanager

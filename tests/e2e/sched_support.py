@@ -1,40 +1,67 @@
-"""Clients and helpers for the scheduling e2e tests (test_scheduling_*.py).
+"""Helpers for the scheduling e2e tests (test_scheduling_*.py).
 
-- `OpClient`: the EX-AI op dialect over aiohttp (hello, call_tool, cancel); one reader
-  task sorts every frame to the call it belongs to, so a test can run many calls at
-  once on one session and look at acks, progress and results per call.
+- `start_tagged_daemon`, `sched_env`: a daemon hosting tests.fixtures.tagged_tools, with
+  every cap large unless a test narrows one.
+- `Files`, `hold`, `hold_rpc`: marker, journal and release files, and calls that hold
+  capacity until the test lets them go.
 - `RawWsClient`: a WebSocket client written by hand on an asyncio socket with a tiny
-  receive buffer, for a peer that stops reading.
-- `start_tagged_daemon`: a daemon hosting tests.fixtures.tagged_tools.
+  receive buffer, for a peer that stops reading (`flood_until_dropped`).
+- The op-dialect client (defined in tests.support.op_client) and the JSON-RPC answer
+  readers (tests.support.jsonrpc) the scheduling tests use, re-exported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import itertools
 import json
 import os
 import socket
 import struct
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from tests.conftest import DaemonProcess, async_wait_for, scaled
+from tests.conftest import STEP_S, DaemonFactory, DaemonProcess, async_wait_for, scaled
 from tests.support.health import Health
+from tests.support.jsonrpc import JsonObj, rpc_error, rpc_text
+from tests.support.mcp_ws import McpWsClient
+from tests.support.op_client import OpCall, OpClient, op_clients, op_error, op_text
+
+__all__ = [
+    "HOLD_S",
+    "SERVER_ARGS",
+    "STEP_S",
+    "Files",
+    "OpCall",
+    "OpClient",
+    "RawWsClient",
+    "flood_until_dropped",
+    "hold",
+    "hold_rpc",
+    "idle",
+    "journal_events",
+    "marker_state",
+    "marker_until",
+    "metrics_until",
+    "op_clients",
+    "op_error",
+    "op_text",
+    "provider_inflight",
+    "rpc_error",
+    "rpc_text",
+    "sched_env",
+    "start_tagged_daemon",
+    "ws_frame",
+]
 
 SERVER_ARGS = ["--server", "tests.fixtures.tagged_tools"]
-STEP_S = 30.0  # deadline of one step (a reply, a condition); scaled by EXAI_TEST_TIMEOUT_SCALE
 HOLD_S = 300.0  # how long a holder call would wait if nobody released it
 
 
 def start_tagged_daemon(
-    factory: Callable[..., DaemonProcess], env: dict[str, str], workers: int = 2
+    factory: DaemonFactory, env: dict[str, str], workers: int = 2
 ) -> DaemonProcess:
     """A daemon whose workers host the provider-tagged test tools."""
     return factory(workers=workers, env=env, args=list(SERVER_ARGS))
@@ -44,6 +71,7 @@ def start_tagged_daemon(
 
 
 def provider_inflight(health: Health, provider: str) -> int:
+    """Calls in flight on `provider`, by the health snapshot."""
     return int(health["inflight"]["providers"].get(provider, 0))
 
 
@@ -58,6 +86,7 @@ def idle(health: Health) -> bool:
 
 
 def marker_state(path: Path) -> str | None:
+    """What a marker file says (started, finished, cancelled), or None before it exists."""
     try:
         return path.read_text()
     except OSError:
@@ -65,6 +94,7 @@ def marker_state(path: Path) -> str | None:
 
 
 async def marker_until(path: Path, state: str, timeout_s: float = STEP_S) -> None:
+    """Wait until the marker file says `state`."""
     await async_wait_for(
         lambda: marker_state(path) == state,
         timeout_s,
@@ -121,122 +151,7 @@ class Files:
         release.write_text("go")
 
 
-# --- op dialect ------------------------------------------------------------------------
-
-
-class OpCall:
-    """One op-dialect call as the client sees it."""
-
-    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.request_id = request_id
-        self.acked = asyncio.Event()
-        self.progress: list[dict[str, Any]] = []
-        self.result: asyncio.Future[dict[str, Any]] = loop.create_future()
-
-    async def wait(self, timeout_s: float = STEP_S) -> dict[str, Any]:
-        """The call's call_tool_res frame."""
-        return await asyncio.wait_for(asyncio.shield(self.result), scaled(timeout_s))
-
-    async def wait_ack(self, timeout_s: float = STEP_S) -> None:
-        await asyncio.wait_for(self.acked.wait(), scaled(timeout_s))
-
-
-class OpClient:
-    """An op-dialect session on its own WebSocket."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session_id: str) -> None:
-        self.ws = ws
-        self.session_id = session_id
-        self.calls: dict[str, OpCall] = {}
-        self.frames: list[dict[str, Any]] = []
-        self.other: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.closed = asyncio.Event()
-        self._ids = itertools.count(1)
-        self._loop = asyncio.get_running_loop()
-        self._reader: asyncio.Task[None] | None = None
-
-    async def hello(self) -> dict[str, Any]:
-        await self.ws.send_str(json.dumps({"op": "hello", "session_id": self.session_id}))
-        msg = await self.ws.receive(timeout=scaled(STEP_S))
-        assert msg.type is aiohttp.WSMsgType.TEXT, msg
-        ack: dict[str, Any] = json.loads(msg.data)
-        assert ack.get("op") == "hello_ack" and ack.get("ok") is True, ack
-        self._reader = self._loop.create_task(self._read())
-        return ack
-
-    async def _read(self) -> None:
-        try:
-            async for msg in self.ws:
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    continue
-                frame = json.loads(msg.data)
-                self.frames.append(frame)
-                call = self.calls.get(str(frame.get("request_id")))
-                op = frame.get("op")
-                if call is None:
-                    self.other.put_nowait(frame)
-                elif op == "call_tool_ack":
-                    call.acked.set()
-                elif op == "progress":
-                    call.progress.append(frame)
-                elif op == "call_tool_res" and not call.result.done():
-                    call.result.set_result(frame)
-                else:
-                    self.other.put_nowait(frame)
-        finally:
-            self.closed.set()
-
-    async def start(
-        self, name: str, arguments: dict[str, Any], request_id: str | None = None
-    ) -> OpCall:
-        """Send call_tool and return at once; the call's frames arrive on the OpCall."""
-        rid = request_id or f"{self.session_id}-{next(self._ids)}"
-        call = OpCall(rid, self._loop)
-        self.calls[rid] = call
-        frame = {"op": "call_tool", "request_id": rid, "name": name, "arguments": arguments}
-        await self.ws.send_str(json.dumps(frame))
-        return call
-
-    async def call(
-        self, name: str, arguments: dict[str, Any], timeout_s: float = STEP_S
-    ) -> dict[str, Any]:
-        """Run one call to the end; its call_tool_res frame."""
-        return await (await self.start(name, arguments)).wait(timeout_s)
-
-    async def cancel(self, request_id: str) -> None:
-        await self.ws.send_str(json.dumps({"op": "cancel", "request_id": request_id}))
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-
-
-@contextlib.asynccontextmanager
-async def op_clients(
-    daemon: DaemonProcess, *names: str, autoping: bool = True
-) -> AsyncIterator[list[OpClient]]:
-    """Open one op-dialect session per name (its session id), all closed on exit.
-
-    `autoping=False` makes a client that never answers the daemon's pings.
-    """
-    async with aiohttp.ClientSession() as http:
-        clients: list[OpClient] = []
-        try:
-            for name in names:
-                ws = await http.ws_connect(
-                    daemon.url, autoping=autoping, timeout=aiohttp.ClientWSTimeout(ws_close=5)
-                )
-                client = OpClient(ws, f"{name}-{uuid.uuid4().hex[:8]}")
-                clients.append(client)
-                await client.hello()
-            yield clients
-        finally:
-            for client in clients:
-                await client.aclose()
+# --- calls that hold capacity ------------------------------------------------------
 
 
 async def hold(
@@ -256,35 +171,22 @@ async def hold(
     return call
 
 
-def op_error(frame: dict[str, Any]) -> dict[str, Any]:
-    """The error object of a failed call_tool_res (fails if the call succeeded)."""
-    assert frame.get("op") == "call_tool_res", frame
-    error = frame.get("error")
-    assert isinstance(error, dict), f"expected an error, got {frame}"
-    return error
-
-
-def op_text(frame: dict[str, Any]) -> str:
-    """The text of a successful call_tool_res (fails if the call failed)."""
-    assert frame.get("op") == "call_tool_res", frame
-    assert "error" not in frame and not frame.get("isError"), f"expected success, got {frame}"
-    return str(frame["text"])
-
-
-# --- MCP JSON-RPC over the WebSocket ---------------------------------------------------
-
-
-def rpc_error(response: dict[str, Any]) -> dict[str, Any]:
-    """The error object of a JSON-RPC response (fails if it is a result)."""
-    error = response.get("error")
-    assert isinstance(error, dict), f"expected a JSON-RPC error, got {response}"
-    return error
-
-
-def rpc_text(response: dict[str, Any]) -> str:
-    result = response.get("result")
-    assert isinstance(result, dict) and not result.get("isError"), response
-    return "".join(c.get("text", "") for c in result["content"])
+async def hold_rpc(
+    client: McpWsClient,
+    tool: str,
+    files: Files,
+    name: str,
+    release: Path,
+    request_id: Any = None,
+    **extra: Any,
+) -> asyncio.Future[JsonObj]:
+    """Start an MCP call that runs until `release` exists; once a worker runs it, the
+    future of its response."""
+    marker = files.path(name)
+    arguments = {"seconds": HOLD_S, "release": str(release), "marker": str(marker), **extra}
+    _, future = await client.start_call(tool, arguments, request_id)
+    await marker_until(marker, "started")
+    return future
 
 
 # --- a hand-made WebSocket client that can stop reading -----------------------------------
@@ -326,6 +228,7 @@ class RawWsClient:
     async def connect(
         cls, port: int, rcvbuf: int = 4096, subprotocol: str | None = None
     ) -> RawWsClient:
+        """Connect to 127.0.0.1:`port` with a `rcvbuf`-byte receive buffer and upgrade."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -352,6 +255,7 @@ class RawWsClient:
         return cls(reader, writer)
 
     async def send_json(self, frame: dict[str, Any]) -> None:
+        """Send one frame as JSON text (fails if the kernel buffers stay full too long)."""
         self.writer.write(ws_frame(json.dumps(frame).encode()))
         await asyncio.wait_for(self.writer.drain(), scaled(STEP_S))
 
@@ -366,8 +270,37 @@ class RawWsClient:
         return await self.reader.readexactly(size)
 
     def abort(self) -> None:
+        """Drop the connection at once, without a close frame."""
         transport = self.writer.transport
         transport.abort()
+
+
+async def flood_until_dropped(
+    slow: RawWsClient,
+    daemon: DaemonProcess,
+    frame: Callable[[int], JsonObj],
+    *,
+    check_every: int,
+    most: int = 1200,
+    stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Send `frame(1)`, `frame(2)`, … without reading until the daemon drops the slow
+    reader (looking every `check_every` frames), the connection breaks, `most` frames
+    went out or `stop()` holds; then wait for the daemon to log the drop. How many
+    frames were sent (the one that found the connection cut included)."""
+    sent = 0
+    while sent < most and not stop():
+        sent += 1
+        try:
+            await slow.send_json(frame(sent))
+        except (ConnectionError, OSError):
+            break  # the daemon cut the connection
+        if sent % check_every == 0 and "not reading" in daemon.stderr():
+            break
+    await async_wait_for(
+        lambda: "not reading" in daemon.stderr(), STEP_S, "the daemon to drop the slow reader"
+    )
+    return sent
 
 
 def sched_env(

@@ -4,41 +4,32 @@ with no daemon to talk to.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from exai import __version__
-from tests.conftest import DaemonProcess, base_env, free_port, scaled, wait_for
-from tests.e2e.ops_support import run_cli
+from tests.conftest import DaemonFactory, DaemonProcess, base_env, free_port, scaled, wait_for
+from tests.support.cli import run_python
+from tests.support.jsonrpc import initialize_params, rpc_request
+from tests.support.op_client import op_client, op_text
+from tests.support.processes import process_running
+from tests.support.shim_driver import running_shim
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="checks processes in /proc")
-
-
-def process_running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def run_broker(
     cwd: Path, env: dict[str, str], *args: str, timeout_s: float = 15.0
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -m broker` to completion; kill its process group if it does not exit."""
-    return run_cli(["-m", "broker", *args], env, cwd, timeout_s=timeout_s)
+    return run_python(["-m", "broker", *args], env, cwd, timeout_s=timeout_s)
 
 
 def broker_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -114,17 +105,12 @@ def test_version_flag(tmp_path: Path) -> None:
 
 async def call_version_tool(daemon: DaemonProcess) -> dict[str, Any]:
     """The `version` tool's JSON, called over the op dialect."""
-    async with aiohttp.ClientSession() as http, http.ws_connect(daemon.url) as ws:
-        await ws.send_json({"op": "hello", "session_id": "cli-test"})
-        await ws.send_json({"op": "call_tool", "request_id": 1, "name": "version", "arguments": {}})
-        while True:
-            frame = await ws.receive_json(timeout=scaled(10))
-            if frame["op"] == "call_tool_res":
-                return dict(json.loads(frame["text"]))
+    async with op_client(daemon, "cli-test") as client:
+        return dict(json.loads(op_text(await client.call("version", {}))))
 
 
 async def test_dotenv_sets_values_and_environment_and_flags_override_it(
-    tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
+    tmp_path: Path, daemon_factory: DaemonFactory
 ) -> None:
     """defaults < ./.env < environment < CLI flags, as seen in the health file and `version`."""
     (tmp_path / ".env").write_text(
@@ -142,7 +128,7 @@ async def test_dotenv_sets_values_and_environment_and_flags_override_it(
 
 
 def test_flag_overrides_invalid_environment_value(
-    daemon_factory: Callable[..., DaemonProcess],
+    daemon_factory: DaemonFactory,
 ) -> None:
     """`--port` wins over a bad EXAI_WS_PORT in the environment, so the daemon starts."""
     daemon = daemon_factory(workers=1, env={"EXAI_WS_PORT": "abc"})  # conftest passes --port 0
@@ -163,7 +149,7 @@ def test_startup_lines_on_stderr(daemon: DaemonProcess) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_daemon_and_workers(
-    daemon_factory: Callable[..., DaemonProcess], sig: signal.Signals
+    daemon_factory: DaemonFactory, sig: signal.Signals
 ) -> None:
     """SIGTERM/SIGINT exit 0, take the workers along and leave a final health snapshot."""
     daemon = daemon_factory(workers=2)
@@ -176,7 +162,7 @@ def test_signal_stops_daemon_and_workers(
 
 
 def test_workers_exit_when_the_daemon_is_killed(
-    daemon_factory: Callable[..., DaemonProcess],
+    daemon_factory: DaemonFactory,
 ) -> None:
     """kill -9 of the daemon: its workers see stdin EOF and exit on their own."""
     daemon = daemon_factory(workers=2)
@@ -196,42 +182,16 @@ async def test_shim_without_daemon_answers_an_error_then_exits(tmp_path: Path) -
     """No daemon listening: the client gets an error naming the address, not a hang."""
     port = free_port()  # bound and released: nothing listens there
     env = base_env(EXAI_WS_HOST="127.0.0.1", EXAI_WS_PORT=str(port), EXAI_SHIM_RPC_TIMEOUT="2")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shim",
-        cwd=tmp_path,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        initialize = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "raw-driver", "version": "0"},
-            },
-        }
+    async with running_shim(env, cwd=tmp_path) as shim:
+        initialize = rpc_request(1, "initialize", initialize_params(client="raw-driver"))
         started = time.monotonic()
-        proc.stdin.write(json.dumps(initialize).encode() + b"\n")
-        await proc.stdin.drain()
-        line = await asyncio.wait_for(proc.stdout.readline(), scaled(15))
+        await shim.send(initialize)
+        reply = await shim.read_line(timeout_s=15)
         elapsed_s = time.monotonic() - started
-        reply = json.loads(line)
+        assert reply is not None, "the shim closed its stdout without answering"
         assert reply["id"] == 1 and "result" not in reply, reply
         assert isinstance(reply["error"]["code"], int)
         assert f"127.0.0.1:{port}" in reply["error"]["message"]
         assert elapsed_s < scaled(10)  # bounded by EXAI_SHIM_RPC_TIMEOUT, not the 30 s default
-        proc.stdin.close()
-        assert await asyncio.wait_for(proc.wait(), scaled(10)) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await shim.close_stdin()
+        assert await shim.wait_exit(10) == 0

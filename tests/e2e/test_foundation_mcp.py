@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,9 @@ from mcp.client.session import ClientSession
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from exai import __version__
-from tests.conftest import DaemonProcess, async_wait_for, mcp_client
+from tests.conftest import DaemonFactory, DaemonProcess, async_wait_for, mcp_client
+from tests.support.health import Health, health_until
+from tests.support.processes import process_running
 
 NON_ASCII = 'héllo wörld ✓ 日本語 🚀 "quoted" back\\slash\ttab\nnewline'
 METRICS_FIELDS = {
@@ -35,33 +36,9 @@ def text_of(result: Any) -> str:
     return str(result.content[0].text)
 
 
-def process_running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-async def health_when(
-    daemon: DaemonProcess, check: Callable[[dict[str, Any]], bool], what: str
-) -> dict[str, Any]:
+async def health_when(daemon: DaemonProcess, check: Callable[[Health], bool], what: str) -> Health:
     """The first health snapshot for which `check` holds (the file is rewritten every 0.2 s)."""
-    found: dict[str, Any] = {}
-
-    def probe() -> bool:
-        try:
-            health = daemon.health()
-        except (OSError, ValueError):
-            return False
-        if check(health):
-            found.update(health)
-            return True
-        return False
-
-    await async_wait_for(probe, 10.0, what)
-    return found
+    return await health_until(daemon, check, what, timeout_s=10.0)
 
 
 # --- handshake and catalog -----------------------------------------------------------
@@ -141,7 +118,7 @@ async def test_echo_of_20_mib_arrives(daemon: DaemonProcess) -> None:
 
 
 async def test_three_shims_with_overlapping_calls_get_their_own_answers(
-    daemon_factory: Callable[..., DaemonProcess],
+    daemon_factory: DaemonFactory,
 ) -> None:
     """60 overlapping calls from 3 clients: each answer goes to the call that asked for it.
 

@@ -7,58 +7,34 @@ wire carries them, including the exact JSON type of every id sent back.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.conftest import DaemonProcess, scaled
-
-RECV_TIMEOUT_S = 10.0
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def recv(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    """The next frame as a JSON object; fails instead of hanging."""
-    msg = await ws.receive(timeout=scaled(RECV_TIMEOUT_S))
-    assert msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), msg
-    frame = json.loads(msg.data)
-    assert isinstance(frame, dict), frame
-    return frame
+from tests.conftest import DaemonProcess
+from tests.support.jsonrpc import initialize_params, rpc_request
+from tests.support.raw_ws import connect, op_hello, recv_json
 
 
 async def send(ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> None:
+    """Send one frame as JSON text."""
     await ws.send_str(json.dumps(frame))
 
 
 async def request(ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> dict[str, Any]:
     """Send one frame and return the next one received."""
     await send(ws, frame)
-    return await recv(ws)
+    return await recv_json(ws)
 
 
 # --- op dialect ----------------------------------------------------------------------
-
-
-async def op_session(
-    http: aiohttp.ClientSession, daemon: DaemonProcess, session_id: str
-) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
-    ws = await http.ws_connect(daemon.url)
-    ack = await request(ws, {"op": "hello", "session_id": session_id})
-    return ws, ack
 
 
 async def test_op_hello_opens_a_new_session(
     daemon: DaemonProcess, http: aiohttp.ClientSession
 ) -> None:
     """hello is acknowledged with the client's own session id, not resumed, naming the server."""
-    ws, ack = await op_session(http, daemon, "op-session-1")
+    ws, ack = await op_hello(http, daemon, session_id="op-session-1")
     async with ws:
         assert ack["op"] == "hello_ack"
         assert ack["ok"] is True
@@ -69,7 +45,7 @@ async def test_op_hello_opens_a_new_session(
 
 async def test_op_list_tools_and_health(daemon: DaemonProcess, http: aiohttp.ClientSession) -> None:
     """list_tools answers with the catalog; health answers with the live snapshot."""
-    ws, _ = await op_session(http, daemon, "op-session-2")
+    ws, _ = await op_hello(http, daemon, session_id="op-session-2")
     async with ws:
         listing = await request(ws, {"op": "list_tools"})
         assert listing["op"] == "list_tools_res"
@@ -88,7 +64,7 @@ async def test_op_call_tool_is_acked_then_answered(
 ) -> None:
     """call_tool gets call_tool_ack, then call_tool_res with outputs and text, same request_id."""
     text = "op dialect · héllo"
-    ws, _ = await op_session(http, daemon, "op-session-3")
+    ws, _ = await op_hello(http, daemon, session_id="op-session-3")
     async with ws:
         for request_id in ("req-1 ✓", 7, 0):
             call = {"op": "call_tool", "request_id": request_id, "name": "echo",
@@ -96,7 +72,7 @@ async def test_op_call_tool_is_acked_then_answered(
             ack = await request(ws, call)
             assert ack == {"op": "call_tool_ack", "request_id": request_id}
             assert type(ack["request_id"]) is type(request_id)
-            res = await recv(ws)
+            res = await recv_json(ws)
             assert res["op"] == "call_tool_res"
             assert res["request_id"] == request_id
             assert type(res["request_id"]) is type(request_id)
@@ -109,7 +85,7 @@ async def test_op_tool_error_and_unknown_tool(
     daemon: DaemonProcess, http: aiohttp.ClientSession
 ) -> None:
     """A raising tool answers EXEC_ERROR with its message; an unknown tool TOOL_NOT_FOUND."""
-    ws, _ = await op_session(http, daemon, "op-session-4")
+    ws, _ = await op_hello(http, daemon, session_id="op-session-4")
     async with ws:
         assert (
             await request(
@@ -122,7 +98,7 @@ async def test_op_tool_error_and_unknown_tool(
                 },
             )
         )["op"] == "call_tool_ack"
-        failed = await recv(ws)
+        failed = await recv_json(ws)
         missing = await request(
             ws, {"op": "call_tool", "request_id": "m", "name": "nope", "arguments": {}}
         )
@@ -137,7 +113,7 @@ async def test_op_unknown_op_is_an_error_frame_and_the_session_lives_on(
     daemon: DaemonProcess, http: aiohttp.ClientSession
 ) -> None:
     """An unknown op gets an error frame; the same connection then serves calls normally."""
-    ws, _ = await op_session(http, daemon, "op-session-5")
+    ws, _ = await op_hello(http, daemon, session_id="op-session-5")
     async with ws:
         error = await request(ws, {"op": "frobnicate"})
         assert error["op"] == "error"
@@ -146,12 +122,12 @@ async def test_op_unknown_op_is_an_error_frame_and_the_session_lives_on(
         garbage = await request(ws, {"no": "op"})
         assert garbage["op"] == "error"
         await ws.send_str("this is not json")
-        assert (await recv(ws))["op"] == "error"
+        assert (await recv_json(ws))["op"] == "error"
         ack = await request(
             ws, {"op": "call_tool", "request_id": 1, "name": "echo", "arguments": {"text": "alive"}}
         )
         assert ack["op"] == "call_tool_ack"
-        res = await recv(ws)
+        res = await recv_json(ws)
         assert res["text"] == "alive"
         assert not ws.closed
     async with http.get(f"http://127.0.0.1:{daemon.port}/health") as response:
@@ -165,41 +141,31 @@ async def mcp_ws(
     http: aiohttp.ClientSession, daemon: DaemonProcess
 ) -> aiohttp.ClientWebSocketResponse:
     """A WebSocket that offers the `mcp` subprotocol and speaks JSON-RPC from the first frame."""
-    ws = await http.ws_connect(daemon.url, protocols=("mcp",))
+    ws = await connect(http, daemon, protocols=("mcp",))
     assert ws.protocol == "mcp"
     return ws
 
 
-def rpc(request_id: str | int, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    frame: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-    if params is not None:
-        frame["params"] = params
-    return frame
-
-
-INIT_PARAMS = {
-    "protocolVersion": "2025-06-18",
-    "capabilities": {},
-    "clientInfo": {"name": "raw-ws-test", "version": "0"},
-}
+INIT_PARAMS = initialize_params("2025-06-18", client="raw-ws-test")
 
 
 async def test_mcp_over_ws_session(daemon: DaemonProcess, http: aiohttp.ClientSession) -> None:
     """initialize, initialized, ping, tools/list and tools/call work as a plain MCP server."""
     async with await mcp_ws(http, daemon) as ws:
-        init = await request(ws, rpc(1, "initialize", INIT_PARAMS))
+        init = await request(ws, rpc_request(1, "initialize", INIT_PARAMS))
         assert init["id"] == 1 and "error" not in init
         assert init["result"]["protocolVersion"] == "2025-06-18"
         assert init["result"]["serverInfo"]["name"] == "exai-broker"
         assert "tools" in init["result"]["capabilities"]
         # A notification gets no reply: the next frame is the answer to the ping after it.
         await send(ws, {"jsonrpc": "2.0", "method": "notifications/initialized"})
-        assert await request(ws, rpc(2, "ping")) == {"jsonrpc": "2.0", "id": 2, "result": {}}
-        listing = await request(ws, rpc(3, "tools/list"))
+        pong = await request(ws, rpc_request(2, "ping"))
+        assert pong == {"jsonrpc": "2.0", "id": 2, "result": {}}
+        listing = await request(ws, rpc_request(3, "tools/list"))
         assert {"echo", "version"} <= {tool["name"] for tool in listing["result"]["tools"]}
         text = "mcp over ws ✓ 🚀"
         called = await request(
-            ws, rpc(4, "tools/call", {"name": "echo", "arguments": {"text": text}})
+            ws, rpc_request(4, "tools/call", {"name": "echo", "arguments": {"text": text}})
         )
     assert called["id"] == 4
     assert called["result"]["content"] == [{"type": "text", "text": text}]
@@ -215,7 +181,7 @@ async def test_mcp_over_ws_negotiates_protocol_version(
     for offered, expected in offers:
         async with await mcp_ws(http, daemon) as ws:
             params = {**INIT_PARAMS, "protocolVersion": offered}
-            init = await request(ws, rpc(1, "initialize", params))
+            init = await request(ws, rpc_request(1, "initialize", params))
         assert init["result"]["protocolVersion"] == expected, offered
 
 
@@ -224,11 +190,12 @@ async def test_mcp_over_ws_unknown_method(
 ) -> None:
     """An unknown method is answered -32601 and the session keeps working."""
     async with await mcp_ws(http, daemon) as ws:
-        await request(ws, rpc(1, "initialize", INIT_PARAMS))
-        error = await request(ws, rpc("x", "resources/frobnicate"))
+        await request(ws, rpc_request(1, "initialize", INIT_PARAMS))
+        error = await request(ws, rpc_request("x", "resources/frobnicate"))
         assert error["id"] == "x"
         assert error["error"]["code"] == -32601
-        assert await request(ws, rpc(2, "ping")) == {"jsonrpc": "2.0", "id": 2, "result": {}}
+        pong = await request(ws, rpc_request(2, "ping"))
+        assert pong == {"jsonrpc": "2.0", "id": 2, "result": {}}
 
 
 async def test_mcp_over_ws_ids_are_echoed_exactly(
@@ -237,18 +204,18 @@ async def test_mcp_over_ws_ids_are_echoed_exactly(
     """Ids come back with their JSON type and value: 7 and "7" are different requests."""
     ids: list[str | int] = [7, "7", "id-é ✓", 0, -3, 2**53 + 1, "x" * 200]
     async with await mcp_ws(http, daemon) as ws:
-        await request(ws, rpc("init", "initialize", INIT_PARAMS))
+        await request(ws, rpc_request("init", "initialize", INIT_PARAMS))
         for request_id in ids:
             await send(
                 ws,
-                rpc(
+                rpc_request(
                     request_id,
                     "tools/call",
                     {"name": "echo", "arguments": {"text": f"for {request_id!r}"}},
                 ),
             )
-        answers = [await recv(ws) for _ in ids]
-        pings = [await request(ws, rpc(request_id, "ping")) for request_id in ids]
+        answers = [await recv_json(ws) for _ in ids]
+        pings = [await request(ws, rpc_request(request_id, "ping")) for request_id in ids]
     by_id = {json.dumps(a["id"]): a for a in answers}
     assert len(by_id) == len(ids)
     for request_id in ids:

@@ -46,6 +46,7 @@ from shim.bridge import Bridge
 from shim.stdio import LineReader
 from tests.conftest import DaemonProcess, free_port, scaled, start_daemon
 from tests.e2e.security_support import daemon_logs, echo_mcp, echo_op, mcp_session, op_hello
+from tests.support.processes import rss_bytes
 
 FUZZ_FRAMES = 4000
 FUZZ_BUDGET_S = 45.0
@@ -226,10 +227,7 @@ def fuzz_frame(draw: st.DrawFn) -> tuple[bytes, bool]:
 
 def vm_rss_kb(pid: int) -> int:
     """Resident memory of a process in kB, from /proc/<pid>/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    return rss_bytes(pid) // 1024
 
 
 class LiveFuzzer:

@@ -11,7 +11,6 @@ import shlex
 import shutil
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,19 @@ import pytest
 from mcp import MCPError
 
 from tests.conftest import ROOT as REPO_ROOT
-from tests.conftest import DaemonProcess, async_wait_for, mcp_client
+from tests.conftest import STEP_S, DaemonFactory, DaemonProcess, async_wait_for, mcp_client
 from tests.fixtures import sdk_servers
+from tests.support.jsonrpc import sdk_text
+from tests.support.processes import cmdline, descendants, parent_pid, process_gone
 
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(not Path("/proc").is_dir(), reason="watches processes through /proc"),
 ]
 
-DaemonFactory = Callable[..., DaemonProcess]
-
 PY = shlex.quote(sys.executable)
 COUNTER_CMD = f"{PY} -m tests.fixtures.counter_server"
 TIME_CMD = f"{PY} -m mcp_server_time --local-timezone UTC"
-STEP_S = 30.0
 OVER_CAPACITY_RPC = -32050
 INVALID_PARAMS_RPC = -32602
 WORKER_LOST_RPC = -32052
@@ -44,77 +42,32 @@ NODE_MODULES = REPO_ROOT / ".cache" / "node" / "node_modules"
 # --- helpers -------------------------------------------------------------------------
 
 
-def text_of(result: Any) -> str:
-    return "".join(getattr(c, "text", "") for c in result.content)
-
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a process, or None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1])
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie waiting for its reaper counts as exited)."""
-    stat = _stat(pid)
-    return stat is None or stat[0] in ("Z", "X")
-
-
-def parent_of(pid: int) -> int | None:
-    stat = _stat(pid)
-    return None if stat is None else stat[1]
-
-
 def counter_children(root_pid: int) -> list[int]:
     """Live counter_server processes below `root_pid` in the process tree."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _stat(int(entry.name))
-            if stat is not None and stat[0] not in ("Z", "X"):
-                parents[int(entry.name)] = stat[1]
-
-    def below(pid: int) -> bool:
-        seen = 0
-        while pid in parents and seen < 64:
-            pid = parents[pid]
-            if pid == root_pid:
-                return True
-            seen += 1
-        return False
-
-    found = []
-    for pid in parents:
-        if not below(pid):
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"tests.fixtures.counter_server" in cmdline:
-            found.append(pid)
-    return sorted(found)
+    return [
+        pid
+        for pid in descendants(root_pid)
+        if any("tests.fixtures.counter_server" in part for part in cmdline(pid))
+    ]
 
 
 async def wait_gone(pid: int, what: str, timeout_s: float = STEP_S) -> None:
-    await async_wait_for(lambda: gone(pid), timeout_s, what, interval_s=0.05)
+    """Wait until `pid` has exited."""
+    await async_wait_for(lambda: process_gone(pid), timeout_s, what, interval_s=0.05)
 
 
 async def counter_pid(session: Any) -> int:
     """The pid of the counter_server instance serving `session`."""
     result = await session.call_tool("pid", {})
-    assert not result.is_error, text_of(result)
-    return int(text_of(result))
+    assert not result.is_error, sdk_text(result)
+    return int(sdk_text(result))
 
 
 async def increment(session: Any) -> int:
+    """Call the counter_server's `increment`; the new count."""
     result = await session.call_tool("increment", {})
-    assert not result.is_error, text_of(result)
-    return int(text_of(result))
+    assert not result.is_error, sdk_text(result)
+    return int(sdk_text(result))
 
 
 def counter_daemon(
@@ -165,13 +118,13 @@ async def test_mcpserver_object_is_hosted_unchanged(daemon_factory: DaemonFactor
     assert listed == expected
     assert listed["divide"]["outputSchema"]["required"] == ["quotient", "remainder"]
     assert listed["shout"]["annotations"]["readOnlyHint"] is True
-    assert not divided.is_error, text_of(divided)
+    assert not divided.is_error, sdk_text(divided)
     assert divided.structured_content == {"quotient": 3, "remainder": 2}
     assert by_zero.is_error
-    assert "division by zero" in text_of(by_zero)
-    assert "Traceback" not in text_of(by_zero)
-    assert text_of(shouted) == "QUIET"
-    assert text_of(counted) == "counted 4"
+    assert "division by zero" in sdk_text(by_zero)
+    assert "Traceback" not in sdk_text(by_zero)
+    assert sdk_text(shouted) == "QUIET"
+    assert sdk_text(counted) == "counted 4"
     assert [p[0] for p in progress] == [1, 2, 3, 4]
     assert progress[-1] == (4, 4, "step 4/4")
 
@@ -189,7 +142,7 @@ async def test_lowlevel_server_object_is_hosted_unchanged(daemon_factory: Daemon
 
     assert listed == expected
     assert listed["reverse"]["annotations"] == {"readOnlyHint": True}
-    assert text_of(reversed_) == "desserts"
+    assert sdk_text(reversed_) == "desserts"
     assert caught.value.error.code == INVALID_PARAMS_RPC
     assert isinstance(caught.value.error.data, dict)
     assert caught.value.error.data["code"] == "INVALID_ARGUMENTS"
@@ -216,10 +169,10 @@ async def test_mcp_server_time_is_hosted(daemon_factory: DaemonFactory) -> None:
     assert {"get_current_time", "convert_time"} <= set(listed)
     assert listed["get_current_time"]["inputSchema"]["required"] == ["timezone"]
     assert listed["get_current_time"]["annotations"]["readOnlyHint"] is True
-    assert not now.is_error, text_of(now)
+    assert not now.is_error, sdk_text(now)
     assert now.structured_content is not None
     assert now.structured_content["timezone"] == "Europe/Paris"
-    assert not converted.is_error, text_of(converted)
+    assert not converted.is_error, sdk_text(converted)
     assert converted.structured_content is not None
     assert "T21:00:00" in converted.structured_content["target"]["datetime"]
     error = caught.value.error
@@ -254,9 +207,9 @@ async def test_server_everything_is_hosted(daemon_factory: DaemonFactory) -> Non
         )
 
     assert {"echo", "get-sum", "trigger-long-running-operation"} <= set(listed)
-    assert text_of(echoed) == "Echo: hi from the broker"
-    assert "42" in text_of(summed)
-    assert not long_op.is_error, text_of(long_op)
+    assert sdk_text(echoed) == "Echo: hi from the broker"
+    assert "42" in sdk_text(summed)
+    assert not long_op.is_error, sdk_text(long_op)
     assert len(progress) >= 1
 
 
@@ -293,7 +246,7 @@ async def test_hosted_command_progress_reaches_the_client(daemon_factory: Daemon
         result = await session.call_tool("slow", {"seconds": 0.5}, progress_callback=on_progress)
 
     assert listed["increment"]["annotations"]["idempotentHint"] is False
-    assert text_of(result) == "slept 0.5"
+    assert sdk_text(result) == "slept 0.5"
     assert [p[0] for p in progress] == [1, 2, 3, 4, 5]
     assert progress[-1] == (5, 5, "step 5/5")
 
@@ -322,7 +275,7 @@ async def test_session_instance_exits_when_its_session_ends(
             assert await increment(a) == 1
             pid_a = await counter_pid(a)
         await wait_gone(pid_a, f"session A's counter_server (pid {pid_a}) to exit")
-        assert not gone(pid_b)
+        assert not process_gone(pid_b)
         assert await increment(b) == 2
     await wait_gone(pid_b, f"session B's counter_server (pid {pid_b}) to exit")
     assert daemon.proc.poll() is None
@@ -368,8 +321,8 @@ async def test_busy_session_instance_is_not_reaped(daemon_factory: DaemonFactory
     async with mcp_client(daemon.shim_env()) as session:
         assert await increment(session) == 1
         result = await session.call_tool("slow", {"seconds": 2.5})
-        assert not result.is_error, text_of(result)
-        assert text_of(result) == "slept 2.5"
+        assert not result.is_error, sdk_text(result)
+        assert sdk_text(result) == "slept 2.5"
         assert await increment(session) == 2
 
 
@@ -394,14 +347,14 @@ async def test_killed_hosted_server_is_restarted(
         except MCPError as exc:
             assert exc.error.code == WORKER_LOST_RPC, exc.error
         else:
-            assert "Traceback" not in text_of(first), text_of(first)
+            assert "Traceback" not in sdk_text(first), sdk_text(first)
             if not first.is_error:
-                assert text_of(first) == "1", "a new instance counts from 1"
+                assert sdk_text(first) == "1", "a new instance counts from 1"
                 restarted_at_once = True
         after = await session.call_tool("pid", {})
-        assert not after.is_error, f"the call after the failure: {text_of(after)}"
-        assert int(text_of(after)) != victim
-        assert not gone(int(text_of(after)))
+        assert not after.is_error, f"the call after the failure: {sdk_text(after)}"
+        assert int(sdk_text(after)) != victim
+        assert not process_gone(int(sdk_text(after)))
         assert await increment(session) == (2 if restarted_at_once else 1)
     assert daemon.proc.poll() is None
 
@@ -433,7 +386,7 @@ async def test_no_hosted_server_outlives_a_killed_worker(
     async with mcp_client(daemon.shim_env()) as session:
         assert await increment(session) == 1
         instance = await counter_pid(session)
-        worker = parent_of(instance)
+        worker = parent_pid(instance)
         assert worker in daemon.worker_pids(), (worker, daemon.worker_pids())
         hosted = counter_children(worker)
         assert instance in hosted

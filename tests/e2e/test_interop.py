@@ -70,6 +70,14 @@ def inspector(daemon: DaemonProcess, tmp_path: Path, *args: str) -> tuple[int, A
     return proc.returncode, parsed, proc.stderr.decode(errors="replace")
 
 
+def inspector_call(
+    daemon: DaemonProcess, tmp_path: Path, tool: str, *tool_args: str
+) -> tuple[int, Any, str]:
+    """`inspector --method tools/call --tool-name TOOL [--tool-arg K=V …]` (see `inspector`)."""
+    arg_flags = [flag for arg in tool_args for flag in ("--tool-arg", arg)]
+    return inspector(daemon, tmp_path, "--method", "tools/call", "--tool-name", tool, *arg_flags)
+
+
 def test_inspector_lists_the_daemon_tools_through_the_shim(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
@@ -84,16 +92,7 @@ def test_inspector_lists_the_daemon_tools_through_the_shim(
 
 def test_inspector_calls_a_tool_through_the_shim(daemon: DaemonProcess, tmp_path: Path) -> None:
     """A tools/call from the Inspector comes back with the tool's answer and exit code 0."""
-    code, out, err = inspector(
-        daemon,
-        tmp_path,
-        "--method",
-        "tools/call",
-        "--tool-name",
-        "echo",
-        "--tool-arg",
-        "text=hello from the inspector",
-    )
+    code, out, err = inspector_call(daemon, tmp_path, "echo", "text=hello from the inspector")
     assert code == 0, (out, err)
     assert out["content"] == [{"type": "text", "text": "hello from the inspector"}]
     assert out["isError"] is False
@@ -103,19 +102,8 @@ def test_inspector_sees_a_tool_error_and_an_unknown_tool(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
     """A tool that raises is a tool error (exit 5); an unknown tool is refused, not a hang."""
-    code, out, err = inspector(
-        daemon,
-        tmp_path,
-        "--method",
-        "tools/call",
-        "--tool-name",
-        "fail",
-        "--tool-arg",
-        "message=on purpose",
-    )
+    code, out, err = inspector_call(daemon, tmp_path, "fail", "message=on purpose")
     assert code == 5, (out, err)
     assert "on purpose" in json.dumps(out) + err
-    code, out, err = inspector(
-        daemon, tmp_path, "--method", "tools/call", "--tool-name", "no_such_tool"
-    )
+    code, out, err = inspector_call(daemon, tmp_path, "no_such_tool")
     assert code != 0, (out, err)

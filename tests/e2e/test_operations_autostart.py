@@ -19,11 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import async_wait_for, base_env, free_port
-from tests.e2e.ops_support import (
-    STEP_S,
-    JsonLinesShim,
-    broker_daemon_pids,
-)
+from tests.e2e.ops_support import STEP_S, ShimDriver, broker_daemon_pids
+from tests.support.jsonrpc import INITIALIZED, initialize_params
 from tests.support.processes import kill_and_reap, process_gone, tagged_pids
 
 pytestmark = [
@@ -32,6 +29,7 @@ pytestmark = [
 ]
 
 SHIMS = 3
+ANSWER_S = STEP_S + 30.0  # the first answers wait for a daemon to be started
 
 
 async def stop_everything_tagged(tag: str) -> None:
@@ -66,32 +64,26 @@ async def test_three_shims_at_once_autostart_exactly_one_daemon(tmp_path: Path) 
         EXAI_SHUTDOWN_GRACE="2",
         EXAI_TEST_AUTOSTART=tag_value,
     )
-    shims: list[JsonLinesShim] = []
+    shims: list[ShimDriver] = []
     try:
         shims = list(
             await asyncio.gather(
                 *(
-                    JsonLinesShim.start(env, work, tmp_path / f"shim-{n}.stderr")
+                    ShimDriver.start(
+                        env, tmp_path / f"shim-{n}.stderr", cwd=work, stop_grace_s=10.0
+                    )
                     for n in range(SHIMS)
                 )
             )
         )
 
-        async def use(shim: JsonLinesShim, n: int) -> str:
-            init = await shim.request(
-                "init",
-                "initialize",
-                {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": f"editor-{n}", "version": "1"},
-                },
-            )
+        async def use(shim: ShimDriver, n: int) -> str:
+            params = initialize_params(client=f"editor-{n}")
+            init = await shim.request_and_wait("initialize", params, "init", ANSWER_S)
             assert init["result"]["serverInfo"]["name"] == "exai-broker", init
-            await shim.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-            echoed = await shim.request(
-                "echo", "tools/call", {"name": "echo", "arguments": {"text": f"editor {n}"}}
-            )
+            await shim.send(INITIALIZED)
+            echo = {"name": "echo", "arguments": {"text": f"editor {n}"}}
+            echoed = await shim.request_and_wait("tools/call", echo, "echo", ANSWER_S)
             assert "result" in echoed, echoed
             return str(echoed["result"]["content"][0]["text"])
 

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,19 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from exai import __version__
-from tests.conftest import RUN_ID, DaemonProcess, async_wait_for, base_env, free_port
-from tests.e2e.ops_support import STEP_S, op_client, run_cli
+from tests.conftest import RUN_ID, DaemonFactory, DaemonProcess, async_wait_for, base_env, free_port
+from tests.e2e.ops_support import STEP_S, op_client, run_python
 
 pytestmark = [
     pytest.mark.timeout(180),
     pytest.mark.skipif(not Path("/proc").is_dir(), reason="checks processes in /proc"),
 ]
 
-DaemonFactory = Callable[..., DaemonProcess]
-
 
 def status(daemon_port: int, log_dir: Path, cwd: Path, **extra: str) -> tuple[int, str]:
     """`python -m broker status` for this port and log dir: (exit code, output)."""
     env = base_env(EXAI_WS_PORT=str(daemon_port), EXAI_LOG_DIR=str(log_dir), **extra)
-    done = run_cli(["-m", "broker", "status"], env, cwd)
+    done = run_python(["-m", "broker", "status"], env, cwd)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -46,13 +43,13 @@ async def test_status_of_a_running_daemon_summarizes_it_and_exits_0(
     daemon = daemon_factory(workers=2)
     pids = daemon.worker_pids()
     async with op_client(daemon) as client:
-        rid = await client.start("sleep", {"seconds": 300})
+        sleep = await client.start("sleep", {"seconds": 300})
         await async_wait_for(
             lambda: daemon.health()["inflight"]["global"] == 1, STEP_S, "the sleep to run"
         )
         code, out = status(daemon.port, daemon.log_dir, tmp_path)
-        await client.cancel(rid)
-        await client.result(rid)
+        await client.cancel(sleep.request_id)
+        await sleep.wait()
     assert code == 0, out
     assert out.startswith(f"UP: exai-broker {__version__} pid {daemon.proc.pid}"), out
     assert f"127.0.0.1:{daemon.port}" in out
@@ -114,9 +111,10 @@ async def traffic_then_stop(daemon: DaemonProcess) -> None:
 
 
 def report(log_dir: Path, cwd: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """`python -m broker report ARGS` on `log_dir`'s metrics."""
     full_env = base_env(EXAI_LOG_DIR=str(log_dir))
     full_env.update(env or {})
-    return run_cli(["-m", "broker", "report", *args], full_env, cwd)
+    return run_python(["-m", "broker", "report", *args], full_env, cwd)
 
 
 async def test_report_reads_a_real_metrics_file_as_tables_and_json(
@@ -211,7 +209,8 @@ async def test_report_plot_writes_a_png_or_says_what_to_install(
 
 
 def shim_config(cwd: Path, *args: str, **env: str) -> Any:
-    return run_cli(["-m", "shim", "config", *args], base_env(**env), cwd)
+    """`python -m shim config ARGS` with exactly these EXAI_* variables."""
+    return run_python(["-m", "shim", "config", *args], base_env(**env), cwd)
 
 
 def server_entry(client: str, block: dict[str, Any], name: str) -> dict[str, Any]:

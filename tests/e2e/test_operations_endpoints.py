@@ -17,15 +17,13 @@ import aiohttp
 import pytest
 from mcp import MCPError
 
-from tests.conftest import DaemonProcess, async_wait_for, mcp_client, scaled
+from tests.conftest import DaemonFactory, async_wait_for, mcp_client, scaled
 from tests.e2e.ops_support import STEP_S, Metrics, fetch, op_client, read_metrics
 
 pytestmark = [
     pytest.mark.timeout(180),
     pytest.mark.skipif(not Path("/proc").is_dir(), reason="checks processes in /proc"),
 ]
-
-DaemonFactory = Callable[..., DaemonProcess]
 
 
 async def metrics_until(
@@ -62,7 +60,7 @@ async def test_health_is_200_then_503_with_draining_while_shutdown_waits_for_a_c
         assert health["draining"] is False and health["ready"] is True
         assert health["pid"] == daemon.proc.pid and health["port"] == daemon.port
 
-        rid = await client.start("sleep", {"seconds": seconds})
+        sleep = await client.start("sleep", {"seconds": seconds})
         await async_wait_for(
             lambda: daemon.health()["inflight"]["global"] == 1, STEP_S, "the sleep to run"
         )
@@ -85,7 +83,7 @@ async def test_health_is_200_then_503_with_draining_while_shutdown_waits_for_a_c
             lambda: daemon.health().get("draining") is True, STEP_S, "the health file to drain"
         )
 
-        result = await client.result(rid, timeout_s=seconds + STEP_S)
+        result = await sleep.wait(timeout_s=seconds + STEP_S)
     assert "error" not in result and result["text"] == f"slept {seconds:g}", result
     assert daemon.stop(timeout_s=STEP_S) == 0
 
@@ -156,7 +154,7 @@ async def test_metrics_inflight_sessions_and_worker_restarts_follow_the_daemon(
         assert before.value("exai_sessions", state="attached") == 0
         assert before.value("exai_inflight_calls", cap="global") == 0
         async with op_client(daemon) as client:
-            rid = await client.start("sleep", {"seconds": 300})
+            sleep = await client.start("sleep", {"seconds": 300})
             running = await metrics_until(
                 http,
                 daemon.port,
@@ -164,8 +162,8 @@ async def test_metrics_inflight_sessions_and_worker_restarts_follow_the_daemon(
                 "the sleep to show as in flight",
             )
             assert running.value("exai_sessions", state="attached") == 1
-            await client.cancel(rid)
-            cancelled = await client.result(rid)
+            await client.cancel(sleep.request_id)
+            cancelled = await sleep.wait()
             assert cancelled["error"]["code"] == "CANCELLED", cancelled
             await metrics_until(
                 http,
@@ -221,7 +219,7 @@ async def test_a_new_health_probe_during_draining_gets_503(
     daemon = daemon_factory(workers=1, env={"EXAI_SHUTDOWN_GRACE": "60"})
     seconds = scaled(6.0)
     async with op_client(daemon) as client:
-        rid = await client.start("sleep", {"seconds": seconds})
+        sleep = await client.start("sleep", {"seconds": seconds})
         await async_wait_for(
             lambda: daemon.health()["inflight"]["global"] == 1, STEP_S, "the sleep to run"
         )
@@ -236,5 +234,5 @@ async def test_a_new_health_probe_during_draining_gets_503(
         except aiohttp.ClientConnectionError as exc:
             raise AssertionError(f"a new connection to /health was refused: {exc}") from None
         finally:
-            await client.result(rid, timeout_s=seconds + STEP_S)
+            await sleep.wait(timeout_s=seconds + STEP_S)
     assert status == 503 and json.loads(body)["draining"] is True

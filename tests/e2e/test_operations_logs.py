@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess, async_wait_for
+from tests.conftest import DaemonFactory, DaemonProcess, async_wait_for
 from tests.e2e.ops_support import STEP_S, op_client
 
 pytestmark = [
@@ -18,15 +17,16 @@ pytestmark = [
     pytest.mark.skipif(not Path("/proc").is_dir(), reason="checks processes in /proc"),
 ]
 
-DaemonFactory = Callable[..., DaemonProcess]
 LINE_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
 
 def server_log(daemon: DaemonProcess, suffix: str = "") -> Path:
+    """The daemon's mcp_server.log (or a rotated backup of it, `suffix` ".1", …)."""
     return daemon.log_dir / f"mcp_server.log{suffix}"
 
 
 def log_text(daemon: DaemonProcess) -> str:
+    """What mcp_server.log holds now ('' before it exists)."""
     path = server_log(daemon)
     return path.read_text(errors="replace") if path.exists() else ""
 

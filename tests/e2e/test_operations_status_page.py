@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import struct
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,8 @@ import pytest
 from mcp import MCPError
 from mcp.client.session import ClientSession
 
-from tests.conftest import DaemonProcess, async_wait_for, mcp_client, scaled
-from tests.e2e.ops_support import (
-    ARTIFACTS,
-    STEP_S,
-    fetch,
-    op_client,
-)
+from tests.conftest import DaemonFactory, async_wait_for, mcp_client, scaled
+from tests.e2e.ops_support import ARTIFACTS, STEP_S, fetch, op_client
 from tests.support.browser import Browser, Page, require_chromium
 
 pytestmark = [
@@ -34,7 +28,6 @@ pytestmark = [
     pytest.mark.skipif(not Path("/proc").is_dir(), reason="cleans up processes through /proc"),
 ]
 
-DaemonFactory = Callable[..., DaemonProcess]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Everything the page shows, read from the DOM in one go.
@@ -177,7 +170,8 @@ async def test_status_page_shows_live_state_that_matches_health_and_moves(
         finally:
             load.stop.set()
             await asyncio.wait_for(load_task, STEP_S)
-            await holder.cancel(held)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await holder.cancel(held.request_id)
 
     ARTIFACTS.mkdir(exist_ok=True)
     artifact = ARTIFACTS / "status-page.png"

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp import MCPError
 
 from exai.models import MODELS
-from tests.conftest import DaemonProcess, async_wait_for, mcp_client, scaled
+from tests.conftest import STEP_S, DaemonFactory, async_wait_for, mcp_client, scaled
 from tests.fakes.openai_server import (
     FakeOpenAI,
     RecordedRequest,
@@ -26,15 +25,13 @@ from tests.fakes.openai_server import (
     echo_text,
     running_fake_openai,
 )
+from tests.support.jsonrpc import sdk_text
 
 pytestmark = pytest.mark.timeout(120)
-
-DaemonFactory = Callable[..., DaemonProcess]
 
 KIMI_KEY = "sk-kimi-test-5d1f0c9e7a2b4e61"
 GLM_KEY = "glm-test-key.8c3a7e19f04b4d2a"
 TOKEN = "ws-token-0f6e2b9d41c84a7f"
-STEP_S = 30.0
 OVER_CAPACITY_RPC = -32050
 
 
@@ -71,11 +68,8 @@ def provider_env(
     }
 
 
-def text_of(result: Any) -> str:
-    return "".join(getattr(c, "text", "") for c in result.content)
-
-
 def only_request(fake: FakeOpenAI) -> RecordedRequest:
+    """The one chat completion request the fake received (fails on none or several)."""
     requests = fake.completions()
     assert len(requests) == 1, [r.body for r in requests]
     return requests[0]
@@ -93,7 +87,7 @@ async def test_chat_without_model_goes_to_glm_flash(
         )
         bare = await session.call_tool("chat", {"prompt": "no system prompt"})
 
-    assert not result.is_error, text_of(result)
+    assert not result.is_error, sdk_text(result)
     first, second = glm_api.completions()
     assert first.path == "/api/paas/v4/chat/completions"
     assert first.headers.get("Authorization") == f"Bearer {GLM_KEY}"
@@ -105,8 +99,8 @@ async def test_chat_without_model_goes_to_glm_flash(
     assert second.messages == [{"role": "user", "content": "no system prompt"}]
     assert kimi_api.requests == []
 
-    assert text_of(result) == echo_text("glm-4.5-flash", "hello there")
-    assert text_of(bare) == echo_text("glm-4.5-flash", "no system prompt")
+    assert sdk_text(result) == echo_text("glm-4.5-flash", "hello there")
+    assert sdk_text(bare) == echo_text("glm-4.5-flash", "no system prompt")
     structured = result.structured_content
     assert structured is not None
     assert structured["model"] == "glm-4.5-flash"
@@ -137,14 +131,14 @@ async def test_chat_kimi_model_or_alias_goes_to_kimi(
     async with mcp_client(daemon.shim_env()) as session:
         result = await session.call_tool("chat", {"prompt": "ni hao", "model": requested})
 
-    assert not result.is_error, text_of(result)
+    assert not result.is_error, sdk_text(result)
     request = only_request(kimi_api)
     assert request.path == "/v1/chat/completions"
     assert request.headers.get("Authorization") == f"Bearer {KIMI_KEY}"
     assert request.model == expected
     assert request.messages == [{"role": "user", "content": "ni hao"}]
     assert glm_api.requests == []
-    assert text_of(result) == echo_text(expected, "ni hao")
+    assert sdk_text(result) == echo_text(expected, "ni hao")
     assert result.structured_content is not None
     assert result.structured_content["provider"] == "kimi"
     assert result.structured_content["model"] == expected
@@ -176,8 +170,8 @@ async def test_chat_honours_retry_after_on_429(
     async with mcp_client(daemon.shim_env()) as session:
         result = await session.call_tool("chat", {"prompt": "busy?"})
 
-    assert not result.is_error, text_of(result)
-    assert text_of(result) == "after the wait"
+    assert not result.is_error, sdk_text(result)
+    assert sdk_text(result) == "after the wait"
     first, second = glm_api.completions()
     assert first.body == second.body
     assert second.t - first.t >= 0.95, f"retried after {second.t - first.t:.2f} s"
@@ -192,8 +186,8 @@ async def test_chat_retries_server_errors(
     async with mcp_client(daemon.shim_env()) as session:
         result = await session.call_tool("chat", {"prompt": "flaky"})
 
-    assert not result.is_error, text_of(result)
-    assert text_of(result) == echo_text("glm-4.5-flash", "flaky")
+    assert not result.is_error, sdk_text(result)
+    assert sdk_text(result) == echo_text("glm-4.5-flash", "flaky")
     assert len(glm_api.completions()) == 3
 
 
@@ -208,7 +202,7 @@ async def test_chat_401_is_a_clean_tool_error(
         result = await session.call_tool("chat", {"prompt": "let me in"})
 
     assert result.is_error
-    text = text_of(result)
+    text = sdk_text(result)
     assert "401" in text, text
     assert "Authentication token expired (fake)" in text, text
     assert "glm" in text.lower(), text
@@ -228,10 +222,10 @@ async def test_chat_without_a_kimi_key_names_the_variable(
         glm = await session.call_tool("chat", {"prompt": "hi"})
 
     assert result.is_error
-    assert "KIMI_API_KEY" in text_of(result), text_of(result)
-    assert "Traceback" not in text_of(result)
+    assert "KIMI_API_KEY" in sdk_text(result), sdk_text(result)
+    assert "Traceback" not in sdk_text(result)
     assert kimi_api.requests == []
-    assert not glm.is_error, text_of(glm)
+    assert not glm.is_error, sdk_text(glm)
 
 
 async def test_chat_continuation_carries_the_conversation(
@@ -253,7 +247,7 @@ async def test_chat_continuation_carries_the_conversation(
         )
 
     for result in (first, second, other):
-        assert not result.is_error, text_of(result)
+        assert not result.is_error, sdk_text(result)
     one, two, three = glm_api.completions()
     assert one.messages == [{"role": "user", "content": "my name is Ada"}]
     assert two.messages == [
@@ -298,8 +292,8 @@ async def test_glm_cap_refuses_a_second_glm_chat_but_not_kimi(
     assert error.data["scope"] == "provider"
     assert error.data["provider"] == "glm"
     assert error.data["retry_after_ms"] > 0
-    assert not kimi.is_error, text_of(kimi)
-    assert text_of(done) == "held answer"
+    assert not kimi.is_error, sdk_text(kimi)
+    assert sdk_text(done) == "held answer"
     assert len(glm_api.completions()) == 1, "the refused call must never reach the provider"
 
 
@@ -323,7 +317,7 @@ async def test_listmodels_and_version_with_only_glm_configured(
     assert not models.is_error and not version.is_error
     listed = models.structured_content
     assert listed is not None
-    assert json.loads(text_of(models)) == listed
+    assert json.loads(sdk_text(models)) == listed
     providers = listed["providers"]
     assert providers["glm"]["configured"] is True
     assert providers["kimi"]["configured"] is False
@@ -337,7 +331,7 @@ async def test_listmodels_and_version_with_only_glm_configured(
 
     info = version.structured_content
     assert info is not None
-    assert json.loads(text_of(version)) == info
+    assert json.loads(sdk_text(version)) == info
     assert info["providers_configured"] == ["glm"]
     assert info["workers"] == 2
     assert info["caps"]["session"] == 7
@@ -348,6 +342,7 @@ async def test_listmodels_and_version_with_only_glm_configured(
 
 
 def _files_under(root: Path) -> list[Path]:
+    """Every file below `root`, sorted."""
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import DaemonProcess, async_wait_for, free_port, wait_for
-from tests.e2e.reliability_support import (
-    text_of,
-)
-from tests.support.health import health_until, read_health
+from tests.conftest import DaemonFactory, async_wait_for, free_port
+from tests.e2e.reliability_support import rpc_text
+from tests.support.health import health_until
 from tests.support.mcp_ws import mcp_ws_clients
 
 METRICS = "ws_daemon.metrics.jsonl"
 
 
 def test_health_file_is_always_complete_json_while_rewritten_fast(
-    daemon_factory: Callable[..., DaemonProcess],
+    daemon_factory: DaemonFactory,
 ) -> None:
     """Read the health file in a tight loop for ~2 s while it is replaced every 50 ms."""
     daemon = daemon_factory(workers=1, env={"EXAI_HEALTH_INTERVAL": "0.05"})
@@ -43,7 +40,7 @@ def test_health_file_is_always_complete_json_while_rewritten_fast(
 
 
 async def test_metrics_rotate_within_bounds(
-    daemon_factory: Callable[..., DaemonProcess],
+    daemon_factory: DaemonFactory,
 ) -> None:
     """~200 calls with a 4 KiB limit and 2 backups: .1 and .2 exist, no .3, all lines parse."""
     limit = 4096
@@ -53,7 +50,7 @@ async def test_metrics_rotate_within_bounds(
     )
     async with mcp_ws_clients(daemon, 1) as (client,):
         for i in range(200):
-            assert text_of(await client.call("echo", {"text": f"m{i}"})) == f"m{i}"
+            assert rpc_text(await client.call("echo", {"text": f"m{i}"})) == f"m{i}"
     await health_until(daemon, lambda h: h["metrics_written"] >= 200, "200 metrics lines written")
     files = [daemon.log_dir / name for name in (METRICS, f"{METRICS}.1", f"{METRICS}.2")]
     assert all(f.is_file() for f in files), sorted(p.name for p in daemon.log_dir.iterdir())
@@ -72,7 +69,7 @@ async def test_metrics_rotate_within_bounds(
 
 
 async def test_unwritable_metrics_file_does_not_break_calls(
-    daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+    daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     """The metrics path is a directory: calls succeed, the daemon stays up, it logs why."""
     log_dir = tmp_path / "blocked-logs"
@@ -81,16 +78,10 @@ async def test_unwritable_metrics_file_does_not_break_calls(
         workers=1, port=free_port(), args=["--log-dir", str(log_dir)], wait_ready=False
     )
     daemon.log_dir = log_dir  # the last --log-dir wins
-
-    def ready() -> bool:
-        assert daemon.proc.poll() is None, daemon.stderr()
-        health = read_health(daemon)
-        return bool(health and health.get("ready"))
-
-    wait_for(ready, 30, "the daemon to become ready")
+    daemon.wait_ready()
     async with mcp_ws_clients(daemon, 1) as (client,):
         for i in range(20):
-            assert text_of(await client.call("echo", {"text": f"x{i}"})) == f"x{i}"
+            assert rpc_text(await client.call("echo", {"text": f"x{i}"})) == f"x{i}"
     await async_wait_for(
         lambda: "cannot write" in daemon.stderr() and METRICS in daemon.stderr(),
         15,

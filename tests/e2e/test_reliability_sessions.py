@@ -17,18 +17,17 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DaemonProcess, async_wait_for, base_env, free_port, scaled
+from tests.conftest import DaemonFactory, DaemonProcess, async_wait_for, base_env, free_port, scaled
 from tests.e2e.reliability_support import (
     COUNTING_ARGS,
     TYPED_CODES,
     JsonObj,
     ShimDriver,
-    error_of,
     read_counts,
+    rpc_error,
+    rpc_text,
     shim_drivers,
     tcp_proxy,
-    tcp_proxy_started,
-    text_of,
 )
 from tests.support.health import health_until
 
@@ -46,7 +45,7 @@ def _finished_ok(daemon: DaemonProcess, tool: str) -> int:
 
 
 async def test_dropped_connection_resumes_session_and_delivers_every_answer_once(
-    daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+    daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     """Cut the shim's connection mid-call: after the reconnect every answer arrives once."""
     daemon = daemon_factory(workers=2, args=COUNTING_ARGS, env={"EXAI_HEALTH_INTERVAL": "0.05"})
@@ -56,7 +55,7 @@ async def test_dropped_connection_resumes_session_and_delivers_every_answer_once
         shim: ShimDriver = await start(daemon.shim_env(EXAI_WS_PORT=str(proxy.port)))
         await shim.initialize()
         before = await shim.call_and_wait("record", {"key": "before", "path": rec})
-        assert text_of(before) == "recorded before"
+        assert rpc_text(before) == "recorded before"
 
         # Two calls running when the connection drops: one finishes while the shim is
         # away (its answer is held), one still runs when it comes back (it is joined).
@@ -79,12 +78,12 @@ async def test_dropped_connection_resumes_session_and_delivers_every_answer_once
         assert not shim.answered(long), "the long call should still run after the reconnect"
 
         answers = {rid: await shim.response(rid) for rid in (short, long, offline)}
-        assert text_of(answers[short]) == "recorded short"
-        assert text_of(answers[long]) == "recorded long"
-        assert text_of(answers[offline]) == "recorded offline"
+        assert rpc_text(answers[short]) == "recorded short"
+        assert rpc_text(answers[long]) == "recorded long"
+        assert rpc_text(answers[offline]) == "recorded offline"
         # A last round trip after everything: any late duplicate would have arrived first.
         barrier = await shim.call_and_wait("echo", {"text": "barrier"})
-        assert text_of(barrier) == "barrier"
+        assert rpc_text(barrier) == "barrier"
 
         for rid in ("init", before["id"], short, long, offline):
             assert shim.count(rid) == 1, f"{rid} answered {shim.count(rid)} times"
@@ -101,30 +100,25 @@ async def test_dropped_connection_resumes_session_and_delivers_every_answer_once
 
 
 async def _stalled_call(
-    daemon_factory: Callable[..., DaemonProcess], tmp_path: Path, seconds: float, rpc_timeout: str
+    daemon_factory: DaemonFactory, tmp_path: Path, seconds: float, rpc_timeout: str
 ) -> tuple[ShimDriver, Any, JsonObj, Path]:
     """Stall the shim's connection, then make a `record` call: (shim, id, answer, counts)."""
     daemon = daemon_factory(workers=2, args=COUNTING_ARGS)
     counts = tmp_path / "counts.txt"
-    proxy = await tcp_proxy_started(daemon.port)
-    shim = await ShimDriver.start(
-        daemon.shim_env(EXAI_WS_PORT=str(proxy.port), EXAI_SHIM_RPC_TIMEOUT=rpc_timeout),
-        tmp_path / "shim.stderr",
-    )
-    try:
+    async with tcp_proxy(daemon.port) as proxy, shim_drivers(tmp_path) as start:
+        shim = await start(
+            daemon.shim_env(EXAI_WS_PORT=str(proxy.port), EXAI_SHIM_RPC_TIMEOUT=rpc_timeout)
+        )
         await shim.initialize()
         assert proxy.stall() == 1
         rid = await shim.call("record", {"key": "once", "seconds": seconds, "path": str(counts)})
         await async_wait_for(_started(counts, "once"), 15, "the call to start")
         answer = await shim.response(rid)
         # A last round trip: a late duplicate of the answer would have arrived before it.
-        assert text_of(await shim.call_and_wait("echo", {"text": "barrier"})) == "barrier"
+        assert rpc_text(await shim.call_and_wait("echo", {"text": "barrier"})) == "barrier"
         # The shim gave up on the stalled connection and opened another one.
         assert proxy.accepted >= 2
         assert "retrying once" in shim.stderr()
-    finally:
-        await shim.aclose()
-        await proxy.aclose()
     return shim, rid, answer, counts
 
 
@@ -134,7 +128,7 @@ async def _stalled_call(
     ids=["rpc1-finished-during-stall", "rpc1-still-running", "rpc3-finished-during-stall"],
 )
 async def test_retry_after_stalled_connection_never_runs_a_call_twice(
-    daemon_factory: Callable[..., DaemonProcess],
+    daemon_factory: DaemonFactory,
     tmp_path: Path,
     rpc_timeout: str,
     seconds: float,
@@ -144,9 +138,9 @@ async def test_retry_after_stalled_connection_never_runs_a_call_twice(
     assert shim.count(rid) == 1, shim.responses
     assert read_counts(counts) == {"once": 1}
     if "error" in answer:
-        assert error_of(answer).get("data", {}).get("code") in TYPED_CODES, answer
+        assert rpc_error(answer).get("data", {}).get("code") in TYPED_CODES, answer
     else:
-        assert text_of(answer) == "recorded once"
+        assert rpc_text(answer) == "recorded once"
 
 
 @pytest.mark.parametrize(
@@ -158,14 +152,14 @@ async def test_retry_after_stalled_connection_never_runs_a_call_twice(
     ],
 )
 async def test_retry_after_stalled_connection_delivers_the_result(
-    daemon_factory: Callable[..., DaemonProcess],
+    daemon_factory: DaemonFactory,
     tmp_path: Path,
     rpc_timeout: str,
     seconds: float,
 ) -> None:
     """The retried call's real result reaches the client, once."""
     shim, rid, answer, counts = await _stalled_call(daemon_factory, tmp_path, seconds, rpc_timeout)
-    assert text_of(answer) == "recorded once"
+    assert rpc_text(answer) == "recorded once"
     assert shim.count(rid) == 1
     assert read_counts(counts) == {"once": 1}
 
@@ -185,7 +179,7 @@ class RestartOutcome:
     counts: dict[str, int]
 
 
-async def _restart(daemon_factory: Callable[..., DaemonProcess], tmp_path: Path) -> RestartOutcome:
+async def _restart(daemon_factory: DaemonFactory, tmp_path: Path) -> RestartOutcome:
     """A `record` and a `record_idempotent` call in flight when daemon A stops; B takes over."""
     env = {"EXAI_SHUTDOWN_GRACE": "0.5"}
     first = daemon_factory(workers=2, args=COUNTING_ARGS, env=env)
@@ -196,9 +190,9 @@ async def _restart(daemon_factory: Callable[..., DaemonProcess], tmp_path: Path)
     async with shim_drivers(tmp_path) as start:
         shim = await start(first.shim_env(EXAI_SHIM_RPC_TIMEOUT=f"{rpc_timeout_s:g}"))
         await shim.initialize()
-        assert text_of(await shim.call_and_wait("echo", {"text": "hi"})) == "hi"
+        assert rpc_text(await shim.call_and_wait("echo", {"text": "hi"})) == "hi"
         ok = await shim.call_and_wait("record", {"key": "ok", "path": rec})
-        assert text_of(ok) == "recorded ok"
+        assert rpc_text(ok) == "recorded ok"
 
         unsafe = await shim.call("record", {"key": "unsafe", "seconds": 60, "path": rec})
         safe = await shim.call("record_idempotent", {"key": "safe", "seconds": 2, "path": rec})
@@ -230,15 +224,15 @@ async def _restart(daemon_factory: Callable[..., DaemonProcess], tmp_path: Path)
 
 
 async def test_daemon_restart_resends_idempotent_calls_and_never_reruns_others(
-    daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+    daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     """Across a restart on the same port the client keeps working without re-initializing."""
     seen = await _restart(daemon_factory, tmp_path)
-    assert text_of(seen.safe) == "recorded safe"
+    assert rpc_text(seen.safe) == "recorded safe"
     assert "result" not in seen.unsafe
-    assert error_of(seen.unsafe).get("data", {}).get("code") in TYPED_CODES
-    assert text_of(seen.fresh) == "recorded fresh"
-    error = error_of(seen.down)
+    assert rpc_error(seen.unsafe).get("data", {}).get("code") in TYPED_CODES
+    assert rpc_text(seen.fresh) == "recorded fresh"
+    error = rpc_error(seen.down)
     assert f"ws://127.0.0.1:{seen.port}" in error["message"], error
     assert seen.rpc_timeout_s * 0.8 <= seen.down_waited_s <= scaled(seen.rpc_timeout_s + 5)
     shim = seen.shim
@@ -252,11 +246,11 @@ async def test_daemon_restart_resends_idempotent_calls_and_never_reruns_others(
 
 
 async def test_daemon_restart_answers_cut_unsafe_call_worker_lost(
-    daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+    daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     """The cut non-idempotent call is WORKER_LOST (-32052) and says the daemon restarted."""
     seen = await _restart(daemon_factory, tmp_path)
-    error = error_of(seen.unsafe)
+    error = rpc_error(seen.unsafe)
     assert error["code"] == WORKER_LOST, seen.unsafe
     assert error.get("data", {}).get("code") == "WORKER_LOST"
     assert "restart" in error["message"]
@@ -269,7 +263,7 @@ async def test_call_while_no_daemon_runs_is_typed_unavailable(tmp_path: Path) ->
     async with shim_drivers(tmp_path) as start:
         shim = await start(env)
         rid = await shim.call("echo", {"text": "anyone?"})
-        error = error_of(await shim.response(rid))
+        error = rpc_error(await shim.response(rid))
         assert f"ws://127.0.0.1:{port}" in error["message"]
         assert error["code"] == UNAVAILABLE, error
         assert error.get("data", {}).get("code") == "UNAVAILABLE"

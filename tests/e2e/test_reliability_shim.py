@@ -6,14 +6,13 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import ROOT, DaemonProcess, async_wait_for, scaled
+from tests.conftest import ROOT, DaemonFactory, DaemonProcess, async_wait_for, scaled
 from tests.e2e.reliability_support import (
     ShimDriver,
+    rpc_text,
     shim_drivers,
-    text_of,
 )
 from tests.support.health import health_until
 from tests.support.processes import kill_quietly, process_gone
@@ -38,7 +37,7 @@ async def test_closing_stdin_mid_call_still_delivers_the_answer_then_exits_0(
         rid = await shim.call("sleep", {"seconds": 1})
         await health_until(daemon, lambda h: h["inflight"]["global"] == 1, "the call to run")
         await shim.close_stdin()
-        assert text_of(await shim.response(rid)) == "slept 1"
+        assert rpc_text(await shim.response(rid)) == "slept 1"
         assert await shim.wait_exit(15) == 0
         assert shim.count(rid) == 1
 
@@ -85,7 +84,7 @@ async def test_shim_exits_when_its_parent_is_killed(daemon: DaemonProcess) -> No
 
 
 async def test_closing_stdin_with_nothing_pending_exits_promptly(
-    daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+    daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     """An idle shim whose client goes away (stdin EOF) exits 0 within a few seconds."""
     daemon = daemon_factory(workers=1)

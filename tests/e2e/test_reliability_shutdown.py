@@ -6,18 +6,17 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import DaemonProcess, scaled, wait_for
+from tests.conftest import DaemonFactory, DaemonProcess, scaled, wait_for
 from tests.e2e.reliability_support import (
     STEP_S,
     JsonObj,
-    error_of,
-    text_of,
+    rpc_error,
+    rpc_text,
 )
 from tests.support.health import health_until
 from tests.support.mcp_ws import mcp_ws_clients
@@ -40,7 +39,7 @@ async def _refused_or_shutting_down(daemon: DaemonProcess) -> str:
 
 @pytest.mark.timeout(90)
 async def test_sigterm_lets_running_calls_finish_and_refuses_new_ones(
-    daemon_factory: Callable[..., DaemonProcess],
+    daemon_factory: DaemonFactory,
 ) -> None:
     """In-flight 1 s calls finish; a late call is SHUTTING_DOWN; close 1001; exit 0."""
     daemon = daemon_factory(
@@ -62,13 +61,13 @@ async def test_sigterm_lets_running_calls_finish_and_refuses_new_ones(
         closed.cancel()
         late_answer: JsonObj | None = late.result() if late.done() else None
         if late_answer is not None:
-            error = error_of(late_answer)
+            error = rpc_error(late_answer)
             assert error["code"] == SHUTTING_DOWN, late_answer
             assert error.get("data", {}).get("code") == "SHUTTING_DOWN"
         assert await _refused_or_shutting_down(daemon) in ("refused", "http 503")
 
         answers = await asyncio.wait_for(asyncio.gather(*running), scaled(STEP_S))
-        assert [text_of(a) for a in answers] == ["slept 1"] * 4
+        assert [rpc_text(a) for a in answers] == ["slept 1"] * 4
         for client in clients:
             await asyncio.wait_for(client.closed.wait(), scaled(STEP_S))
             assert client.close_code == 1001

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import DaemonProcess, mcp_client, scaled
+from tests.conftest import DaemonFactory, DaemonProcess, mcp_client, scaled
 from tests.e2e.reliability_support import (
     COUNTING_ARGS,
     TYPED_CODES,
@@ -33,7 +33,7 @@ from tests.e2e.reliability_support import (
     shim_drivers,
 )
 from tests.support.health import health_until, read_health
-from tests.support.processes import rss_bytes
+from tests.support.processes import cmdline, rss_bytes
 
 DRIVERS = 12
 SDK_CLIENTS = 4
@@ -146,10 +146,8 @@ async def _sdk_client(soak: Soak, env: dict[str, str], name: str) -> None:
 
 
 def _is_worker(pid: int) -> bool:
-    try:
-        return b"workers" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    """True if `pid` runs a worker (and not whatever process took over a recycled pid)."""
+    return any("workers" in part for part in cmdline(pid))
 
 
 async def _chaos(
@@ -184,7 +182,7 @@ async def _chaos(
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 async def test_soak_clients_survive_worker_kills_and_a_daemon_restart(
-    daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+    daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     """16 clients x 60 s: correct answers or typed errors, no double runs, bounded RSS."""
     env = {"EXAI_SHUTDOWN_GRACE": "1", "EXAI_HEALTH_INTERVAL": "0.2"}

@@ -7,19 +7,25 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import DaemonProcess, async_wait_for, mcp_client, scaled, wait_for
+from tests.conftest import (
+    DaemonFactory,
+    DaemonProcess,
+    async_wait_for,
+    mcp_client,
+    scaled,
+    wait_for,
+)
 from tests.e2e.reliability_support import (
     COUNTING_ARGS,
     JsonObj,
-    error_of,
+    rpc_error,
+    rpc_text,
     shim_drivers,
-    text_of,
 )
 from tests.support.health import health_until
 from tests.support.mcp_ws import mcp_ws_clients
@@ -76,7 +82,7 @@ async def test_killed_worker_fails_only_its_call_and_is_replaced(daemon: DaemonP
 
 
 def test_server_that_fails_to_import_stops_the_daemon(
-    daemon_factory: Callable[..., DaemonProcess],
+    daemon_factory: DaemonFactory,
 ) -> None:
     """`--server no_such_module_xyz`: the daemon exits non-zero, naming the import error."""
     daemon = daemon_factory(workers=2, args=["--server", "no_such_module_xyz"], wait_ready=False)
@@ -91,7 +97,7 @@ def test_server_that_fails_to_import_stops_the_daemon(
 
 
 async def test_max_calls_per_worker_recycles_without_failing_a_call(
-    daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+    daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     """40 sequential calls with `--max-calls-per-worker 5`: all succeed, the pids turn over."""
     daemon = daemon_factory(workers=2, args=[*COUNTING_ARGS, "--max-calls-per-worker", "5"])
@@ -101,7 +107,7 @@ async def test_max_calls_per_worker_recycles_without_failing_a_call(
         await shim.initialize()
         for _ in range(40):
             # Each call takes 0.1 s, so a drained worker's successor is up while calls go on.
-            pids.append(int(text_of(await shim.call_and_wait("pid", {"seconds": 0.1}))))
+            pids.append(int(rpc_text(await shim.call_and_wait("pid", {"seconds": 0.1}))))
     assert len(set(pids)) >= 3, f"no recycling seen: {pids}"
     # Recycling is a planned exit: no call saw an error, no worker is marked lost.
     health = await health_until(daemon, lambda h: len(_ready(h)) == 2, "two ready workers")
@@ -116,7 +122,7 @@ async def test_max_calls_per_worker_recycles_without_failing_a_call(
 
 
 async def test_frozen_worker_is_recycled_when_it_misses_heartbeats(
-    daemon_factory: Callable[..., DaemonProcess],
+    daemon_factory: DaemonFactory,
 ) -> None:
     """SIGSTOP a busy worker: it misses heartbeats, is replaced, and its call is WORKER_LOST."""
     daemon = daemon_factory(
@@ -139,10 +145,10 @@ async def test_frozen_worker_is_recycled_when_it_misses_heartbeats(
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim["pid"], signal.SIGCONT)
-        error = error_of(answer)
+        error = rpc_error(answer)
         assert error["code"] == WORKER_LOST, answer
         assert error.get("data", {}).get("code") == "WORKER_LOST"
-        assert text_of(await client.call("echo", {"text": "after"})) == "after"
+        assert rpc_text(await client.call("echo", {"text": "after"})) == "after"
     healed = await health_until(
         daemon,
         lambda h: len(_ready(h)) == 2 and h["workers"][victim["slot"]]["pid"] != victim["pid"],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,14 @@ import pytest
 from mcp import MCPError
 
 from exai.models import MODELS
-from tests.conftest import DaemonProcess, mcp_client, scaled
+from tests.conftest import DaemonFactory, mcp_client, scaled
 from tests.e2e.sched_support import (
     HOLD_S,
     Files,
     hold,
+    hold_rpc,
     idle,
     marker_state,
-    marker_until,
     metrics_until,
     op_clients,
     op_error,
@@ -39,7 +38,6 @@ from tests.support.mcp_ws import mcp_ws_clients
 
 pytestmark = pytest.mark.timeout(180)
 
-DaemonFactory = Callable[..., DaemonProcess]
 OVER_CAPACITY_RPC = -32050
 INVALID_PARAMS_RPC = -32602
 
@@ -182,14 +180,7 @@ async def test_session_cap_refuses_only_the_busy_session(
     files = Files(tmp_path)
     release_a, release_b = files.release("a"), files.release("b")
     async with mcp_ws_clients(daemon, 2) as (a, b):
-        held_a = []
-        for i in range(2):
-            marker = files.path(f"a{i}")
-            _, future = await a.start_call(
-                "plain_wait", {"seconds": HOLD_S, "release": str(release_a), "marker": str(marker)}
-            )
-            held_a.append(future)
-            await marker_until(marker, "started")
+        held_a = [await hold_rpc(a, "plain_wait", files, f"a{i}", release_a) for i in range(2)]
 
         error = rpc_error(await a.call("plain_wait", {"seconds": 0}))
         assert error["code"] == OVER_CAPACITY_RPC, error
@@ -199,14 +190,7 @@ async def test_session_cap_refuses_only_the_busy_session(
         assert error["data"]["retry_after_ms"] > 0
 
         # The other session is unaffected: it runs two calls of its own at the same time.
-        held_b = []
-        for i in range(2):
-            marker = files.path(f"b{i}")
-            _, future = await b.start_call(
-                "plain_wait", {"seconds": HOLD_S, "release": str(release_b), "marker": str(marker)}
-            )
-            held_b.append(future)
-            await marker_until(marker, "started")
+        held_b = [await hold_rpc(b, "plain_wait", files, f"b{i}", release_b) for i in range(2)]
         await health_until(daemon, lambda h: h["inflight"]["global"] == 4, "4 calls in flight")
         assert not any(f.done() for f in held_a)
 

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import DaemonProcess, async_wait_for, scaled
+from tests.conftest import DaemonFactory, scaled
 from tests.e2e.sched_support import (
     HOLD_S,
     STEP_S,
     Files,
     RawWsClient,
+    flood_until_dropped,
     idle,
     marker_state,
     marker_until,
@@ -29,11 +29,11 @@ from tests.e2e.sched_support import (
     start_tagged_daemon,
 )
 from tests.support.health import health_until
+from tests.support.jsonrpc import initialize_params, rpc_request, tool_call
 from tests.support.mcp_ws import mcp_ws_clients
 
 pytestmark = pytest.mark.timeout(180)
 
-DaemonFactory = Callable[..., DaemonProcess]
 KiB = 1024
 
 
@@ -131,18 +131,7 @@ async def test_a_client_that_stops_reading_is_dropped_without_hurting_others(
         sched_env(session=5000, global_cap=5000, EXAI_WS_SEND_BUFFER_BYTES="65536"),
     )
     slow = await RawWsClient.connect(daemon.port, subprotocol="mcp")
-    await slow.send_json(
-        {
-            "jsonrpc": "2.0",
-            "id": 0,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "slow-reader", "version": "1"},
-            },
-        }
-    )
+    await slow.send_json(rpc_request(0, "initialize", initialize_params(client="slow-reader")))
     assert json.loads(await slow.read_frame())["id"] == 0
 
     flood_done = asyncio.Event()
@@ -162,22 +151,12 @@ async def test_a_client_that_stops_reading_is_dropped_without_hurting_others(
     sent = 0
     try:
         # Bounded flood: 1200 x 32 KiB answers is far more than the kernel buffers can hide.
-        while sent < 1200 and not good_task.done():
-            sent += 1
-            frame = {
-                "jsonrpc": "2.0",
-                "id": sent,
-                "method": "tools/call",
-                "params": {"name": "echo", "arguments": {"text": payload}},
-            }
-            try:
-                await slow.send_json(frame)
-            except (ConnectionError, OSError):
-                break  # the daemon cut the connection
-            if sent % 25 == 0 and "not reading" in daemon.stderr():
-                break
-        await async_wait_for(
-            lambda: "not reading" in daemon.stderr(), STEP_S, "the daemon to drop the slow reader"
+        sent = await flood_until_dropped(
+            slow,
+            daemon,
+            lambda n: tool_call(n, "echo", {"text": payload}),
+            check_every=25,
+            stop=good_task.done,
         )
     finally:
         flood_done.set()
@@ -258,22 +237,16 @@ async def test_a_dropped_slow_reader_keeps_its_session_for_the_resume_grace(
         )
         await marker_until(marker, "started")
         payload = "s" * (16 * KiB)
-        for sent in range(1, 1201):
-            try:
-                await slow.send_json(
-                    {
-                        "op": "call_tool",
-                        "request_id": sent,
-                        "name": "echo",
-                        "arguments": {"text": payload},
-                    }
-                )
-            except (ConnectionError, OSError):
-                break
-            if sent % 10 == 0 and "not reading" in daemon.stderr():
-                break
-        await async_wait_for(
-            lambda: "not reading" in daemon.stderr(), STEP_S, "the daemon to drop the slow reader"
+        await flood_until_dropped(
+            slow,
+            daemon,
+            lambda n: {
+                "op": "call_tool",
+                "request_id": n,
+                "name": "echo",
+                "arguments": {"text": payload},
+            },
+            check_every=10,
         )
     finally:
         slow.abort()

@@ -7,18 +7,18 @@ means the task was cancelled inside the worker, not merely forgotten by the brok
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
 from mcp import MCPError
 
-from tests.conftest import DaemonProcess, async_wait_for, mcp_client, scaled
+from tests.conftest import DaemonFactory, async_wait_for, mcp_client, scaled
 from tests.e2e.sched_support import (
     HOLD_S,
     STEP_S,
     Files,
+    hold_rpc,
     idle,
     marker_state,
     marker_until,
@@ -35,7 +35,6 @@ from tests.support.mcp_ws import mcp_ws_clients
 
 pytestmark = pytest.mark.timeout(180)
 
-DaemonFactory = Callable[..., DaemonProcess]
 TIMEOUT_RPC = -32051
 
 
@@ -144,15 +143,10 @@ async def test_cancelling_a_request_id_in_one_session_leaves_another_sessions_sa
     release = files.release()
     async with mcp_ws_clients(daemon, 2) as (one, two):
         markers = [files.path("one"), files.path("two")]
-        futures = []
-        for client, marker in zip((one, two), markers, strict=True):
-            _, future = await client.start_call(
-                "plain_wait",
-                {"seconds": HOLD_S, "release": str(release), "marker": str(marker)},
-                request_id="X",
-            )
-            futures.append(future)
-            await marker_until(marker, "started")
+        futures = [
+            await hold_rpc(client, "plain_wait", files, name, release, request_id="X")
+            for client, name in ((one, "one"), (two, "two"))
+        ]
 
         await one.cancel("X")
         await marker_until(markers[0], "cancelled")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from exai.models import MODELS
-from tests.conftest import DaemonProcess, async_wait_for
+from tests.conftest import DaemonFactory, async_wait_for
 from tests.e2e.sched_support import (
     HOLD_S,
     STEP_S,
@@ -29,7 +28,6 @@ from tests.support.health import health_until
 
 pytestmark = pytest.mark.timeout(180)
 
-DaemonFactory = Callable[..., DaemonProcess]
 PROVIDER_OF = {m.name: m.provider for m in MODELS}
 
 

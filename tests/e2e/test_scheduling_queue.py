@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess, async_wait_for
+from tests.conftest import DaemonFactory, async_wait_for
 from tests.e2e.sched_support import (
     HOLD_S,
     STEP_S,
@@ -34,8 +34,6 @@ from tests.support.health import health_until
 from tests.support.mcp_ws import mcp_ws_clients
 
 pytestmark = pytest.mark.timeout(180)
-
-DaemonFactory = Callable[..., DaemonProcess]
 
 
 def queued(count: int) -> Callable[[dict[str, object]], bool]:

@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from exai.settings import SettingsError, load_settings
-from tests.conftest import DaemonProcess, base_env, free_port, mcp_client, scaled
+from tests.conftest import DaemonFactory, DaemonProcess, base_env, free_port, mcp_client, scaled
 from tests.e2e.security_support import (
     connect,
     daemon_logs,
@@ -33,20 +31,20 @@ from tests.e2e.security_support import (
     recv_close,
     recv_json,
 )
-
-DaemonFactory = Callable[..., DaemonProcess]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain aiohttp client session for raw HTTP and WebSocket requests."""
-    async with aiohttp.ClientSession() as session:
-        yield session
+from tests.support.cli import run_python
 
 
 def new_token(prefix: str = "tok") -> str:
     """A random token that cannot appear in a log by accident."""
     return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def secret_free_logs(daemon: DaemonProcess, *secrets: str) -> str:
+    """The daemon's logs (stderr and log folder), checked to hold none of `secrets`."""
+    logs = daemon_logs(daemon)
+    for secret in secrets:
+        assert secret not in logs, f"{secret[:4]}… reached the daemon's logs"
+    return logs
 
 
 async def expect_http_refusal(
@@ -64,25 +62,8 @@ async def expect_http_refusal(
 
 async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
     """Run `python -m broker ARGS`; (exit code, stdout, stderr), bounded in time."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker",
-        *args,
-        cwd=str(cwd),
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), scaled(30.0))
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"python -m broker {' '.join(args)} did not exit in time") from None
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    done = await asyncio.to_thread(run_python, ["-m", "broker", *args], env, cwd)
+    return done.returncode, done.stdout, done.stderr
 
 
 async def shim_failure(env: dict[str, str], rpc_timeout_s: float) -> list[BaseException]:
@@ -114,16 +95,19 @@ async def test_hello_needs_the_right_token(
     daemon = daemon_factory(workers=1, env={"EXAI_WS_TOKEN": token})
     for presented in (None, wrong, "", token.upper()):
         ws, ack = await op_hello(http, daemon, token=presented, session_id="s-refused")
-        assert ack == {"op": "hello_ack", "ok": False, "error": "unauthorized"}, presented
+        assert ack == {
+            "op": "hello_ack",
+            "ok": False,
+            "error": "unauthorized",
+            "code": "UNAUTHORIZED",
+        }, presented
         frames, code = await recv_close(ws)
         assert frames == [] and code == 4003, (presented, frames, code)
     ws, ack = await op_hello(http, daemon, token=token, session_id="s-ok")
     async with ws:
         assert ack["ok"] is True and ack["session_id"] == "s-ok"
         await echo_op(ws, "authorized")
-    logs = daemon_logs(daemon)
-    assert "refused hello" in logs
-    assert token not in logs and wrong not in logs
+    assert "refused hello" in secret_free_logs(daemon, token, wrong)
 
 
 async def test_mcp_style_token_is_checked_before_the_upgrade(
@@ -150,9 +134,7 @@ async def test_mcp_style_token_is_checked_before_the_upgrade(
             listing = await recv_json(ws)
             assert "echo" in {t["name"] for t in listing["result"]["tools"]}
             await echo_mcp(ws, f"via {sorted(accepted)[0]}")
-    logs = daemon_logs(daemon)
-    assert "wrong token" in logs
-    assert token not in logs and wrong not in logs
+    assert "wrong token" in secret_free_logs(daemon, token, wrong)
 
 
 async def test_mcp_style_without_any_token_is_not_served(
@@ -247,9 +229,7 @@ async def test_shim_with_a_wrong_token_fails_clearly_and_fast(
     assert wrong not in messages and token not in messages
     # Shim start-up (a few hundred ms) plus the RPC timeout, with a generous margin.
     assert elapsed < rpc_timeout_s + scaled(10.0), elapsed
-    logs = daemon_logs(daemon)
-    assert "wrong token" in logs
-    assert token not in logs and wrong not in logs
+    assert "wrong token" in secret_free_logs(daemon, token, wrong)
 
 
 async def test_without_a_token_everything_is_open(
@@ -311,7 +291,12 @@ async def test_rotate_token_over_the_wire(
         assert await recv_json(rotator) == {"op": "rotate_token_res", "ok": True}
 
         ws, refused = await op_hello(http, daemon, token=t1)
-        assert refused == {"op": "hello_ack", "ok": False, "error": "unauthorized"}
+        assert refused == {
+            "op": "hello_ack",
+            "ok": False,
+            "error": "unauthorized",
+            "code": "UNAUTHORIZED",
+        }
         assert (await recv_close(ws))[1] == 4003
         await expect_http_refusal(
             http, daemon, 401, protocols=("mcp",), headers={"Authorization": f"Bearer {t1}"}
@@ -337,9 +322,7 @@ async def test_rotate_token_over_the_wire(
             assert r.status == 401
         async with http.get(f"{base}/health", headers={"Authorization": f"Bearer {t2}"}) as r:
             assert r.status == 200
-    logs = daemon_logs(daemon)
-    assert "token rotated" in logs
-    assert t1 not in logs and t2 not in logs
+    assert "token rotated" in secret_free_logs(daemon, t1, t2)
 
 
 async def test_rotate_token_cli(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
@@ -365,8 +348,7 @@ async def test_rotate_token_cli(daemon_factory: DaemonFactory, tmp_path: Path) -
         async with ws:
             assert ack["ok"] is True
             await echo_op(ws, "after the CLI rotation")
-    logs = daemon_logs(daemon)
-    assert t2 not in logs and t3 not in logs
+    secret_free_logs(daemon, t2, t3)
 
 
 async def test_rotate_token_is_refused_when_auth_is_off(

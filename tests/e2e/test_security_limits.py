@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import (
+    DaemonFactory,
     DaemonProcess,
     async_wait_for,
     mcp_client,
@@ -27,7 +28,6 @@ from tests.conftest import (
     start_daemon,
 )
 from tests.e2e.security_support import (
-    RawShim,
     connect,
     daemon_logs,
     echo_mcp,
@@ -37,8 +37,8 @@ from tests.e2e.security_support import (
     recv_close,
     recv_json,
 )
+from tests.support.shim_driver import ShimDriver, running_shim
 
-DaemonFactory = Callable[..., DaemonProcess]
 MAX_BYTES = 262_144
 DEPTH = 50_000
 
@@ -55,13 +55,6 @@ def limits_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonPr
         yield daemon
     finally:
         daemon.stop(timeout_s=10.0)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain aiohttp client session for raw HTTP and WebSocket requests."""
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def open_session(
@@ -363,7 +356,9 @@ async def test_silent_connection_is_closed_4002(
             async with ws:
                 frames, code = await recv_close(ws, timeout_s=10.0)
                 assert code == 4002, (frames, code)
-                assert frames == [{"op": "hello_ack", "ok": False, "error": "no hello in time"}]
+                assert frames == [
+                    {"op": "hello_ack", "ok": False, "error": "no hello in time", "code": "TIMEOUT"}
+                ]
         elapsed = time.monotonic() - started
         assert 0.9 < elapsed < scaled(6.0), elapsed
         await echo_op(talker, "the talker is still connected")
@@ -420,30 +415,17 @@ async def test_connection_cap_counts_only_open_connections(
 
 # --- bad input through the shim ---------------------------------------------------------
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": "init",
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "raw-stdio", "version": "0"},
-    },
-}
 
-
-async def start_raw_shim(shim: RawShim) -> None:
+async def start_raw_shim(shim: ShimDriver) -> None:
     """initialize + initialized, as any client does first."""
-    await shim.write(json.dumps(INIT).encode() + b"\n")
-    assert "result" in await shim.response("init")
-    await shim.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+    await shim.initialize(list_tools=False, protocol_version="2025-06-18")
 
 
 async def test_shim_answers_bad_stdin_lines_and_keeps_going(limits_daemon: DaemonProcess) -> None:
     """Garbage, batches, bare values, invalid UTF-8 and a reused id on the shim's stdin each
     get a JSON-RPC error line; the next request is answered normally."""
     env = limits_daemon.shim_env(EXAI_SHIM_RPC_TIMEOUT="10")
-    async with RawShim.start(env) as shim:
+    async with running_shim(env) as shim:
         await start_raw_shim(shim)
         for line, code in (
             (b"garbage", -32700),
@@ -480,7 +462,7 @@ async def test_shim_answers_bad_stdin_lines_and_keeps_going(limits_daemon: Daemo
 async def test_shim_answers_a_deeply_nested_line(limits_daemon: DaemonProcess) -> None:
     """A 50k-deep request gets an error line, and a request in the same write is answered."""
     env = limits_daemon.shim_env(EXAI_SHIM_RPC_TIMEOUT="10")
-    async with RawShim.start(env, stop_grace_s=0.5) as shim:
+    async with running_shim(env, stop_grace_s=0.5) as shim:
         await start_raw_shim(shim)
         deep = b'{"jsonrpc":"2.0","id":"deep","method":"ping","params":' + DEEP_ARRAY + b"}"
         await shim.write(deep + b'\n{"jsonrpc":"2.0","id":"next","method":"ping"}\n')
@@ -505,7 +487,7 @@ async def test_shim_answers_malformed_requests_promptly(
     """A request-shaped line the daemon refuses gets an error line at once."""
     env = limits_daemon.shim_env(EXAI_SHIM_RPC_TIMEOUT="10")
     # The shim waits for what it owes before exiting: do not wait for the hang to end.
-    async with RawShim.start(env, stop_grace_s=0.5) as shim:
+    async with running_shim(env, stop_grace_s=0.5) as shim:
         await start_raw_shim(shim)
         await shim.write(line + b"\n")
         reply = await shim.read_line(timeout_s=3.0)

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from exai.settings import SettingsError, load_settings
-from tests.conftest import DaemonProcess, async_wait_for, mcp_client, scaled
+from tests.conftest import DaemonFactory, DaemonProcess, async_wait_for, mcp_client, scaled
 from tests.e2e.security_support import (
     connect,
     daemon_logs,
@@ -24,16 +24,8 @@ from tests.e2e.security_support import (
 )
 from tests.support.browser import Browser, require_chromium
 
-DaemonFactory = Callable[..., DaemonProcess]
 ALLOWED = "http://allowed.example:8080"
 HTTP_PATHS = ("/health", "/metrics", "/")
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain aiohttp client session for raw HTTP and WebSocket requests."""
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def upgrade_status(

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,13 +25,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import async_wait_for, base_env, scaled
+from tests.conftest import STEP_S, async_wait_for, base_env, scaled
+from tests.support.jsonrpc import JsonObj
 from tests.support.processes import kill_and_reap, tagged_pids
 
 __all__ = ["CHROMIUM", "Browser", "Page", "require_chromium"]
 
 CHROMIUM = Path("/usr/bin/chromium")
-STEP_S = 30.0  # deadline of one DevTools step; scaled by EXAI_TEST_TIMEOUT_SCALE
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -49,8 +48,6 @@ CHROMIUM_FLAGS = (
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
 )
-
-JsonObj = dict[str, Any]
 
 
 def require_chromium() -> str:
@@ -69,6 +66,7 @@ class Page:
         self.session_id = session_id
 
     async def cdp(self, method: str, params: JsonObj | None = None) -> JsonObj:
+        """Send one DevTools command to this tab; its result."""
         return await self.browser.cdp(method, params, self.session_id)
 
     async def evaluate(
@@ -95,14 +93,12 @@ class Page:
         errors_as_none: bool = False,
     ) -> Any:
         """Poll `expression` until it is truthy; its value (fails after the deadline)."""
-        deadline = time.monotonic() + scaled(timeout_s)
-        while True:
-            value = await self.evaluate(expression, errors_as_none=errors_as_none)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what} ({expression})")
-            await asyncio.sleep(0.05)
+        return await async_wait_for(
+            lambda: self.evaluate(expression, errors_as_none=errors_as_none),
+            timeout_s,
+            f"{what} ({expression})",
+            interval_s=0.05,
+        )
 
     async def navigate(self, url: str) -> None:
         """Load `url` and wait until the document finished loading."""
@@ -138,6 +134,7 @@ class Browser:
 
     @property
     def user_data_dir(self) -> Path:
+        """Chromium's profile folder (removed on the way out)."""
         return self.profile / "data"
 
     @classmethod

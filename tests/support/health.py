@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import DaemonProcess, async_wait_for
+from tests.conftest import STEP_S, DaemonProcess, async_wait_for
 
 __all__ = ["Health", "health_until", "read_health"]
 
-STEP_S = 30.0  # default deadline of one condition; scaled by EXAI_TEST_TIMEOUT_SCALE
 Health = dict[str, Any]
 
 

@@ -6,73 +6,68 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
-from tests.conftest import DaemonProcess, scaled
+from tests.conftest import STEP_S, DaemonProcess, scaled
+from tests.support.jsonrpc import INITIALIZED, JsonObj, initialize_params, rpc_request
+from tests.support.ws_peer import WsPeer
 
 __all__ = ["McpWsClient", "mcp_ws_clients"]
 
-STEP_S = 30.0  # deadline of one reply; scaled by EXAI_TEST_TIMEOUT_SCALE
 
+class McpWsClient(WsPeer):
+    """MCP straight over the daemon's WebSocket (subprotocol "mcp"), no shim.
 
-class McpWsClient:
-    """MCP straight over the daemon's WebSocket (subprotocol "mcp"), no shim."""
+    A response completes the future of its request; every other frame (notifications,
+    requests from the daemon) is kept in `notifications`.
+    """
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
-        self.notifications: list[dict[str, Any]] = []
-        self.closed = asyncio.Event()
+        super().__init__(ws)
+        self.pending: dict[Any, asyncio.Future[JsonObj]] = {}
+        self.notifications: list[JsonObj] = []
         self._ids = itertools.count(1)
-        self._loop = asyncio.get_running_loop()
-        self._reader = self._loop.create_task(self._read())
+        self.start_reading()
 
-    @property
-    def close_code(self) -> int | None:
-        return self.ws.close_code
+    def handle_frame(self, frame: Any) -> None:
+        """A response completes its request's future; anything else is a notification."""
+        future = self.pending.get(frame.get("id")) if "method" not in frame else None
+        if future is not None and not future.done():
+            future.set_result(frame)
+        else:
+            self.notifications.append(frame)
 
-    async def _read(self) -> None:
-        try:
-            async for msg in self.ws:
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    continue
-                frame = json.loads(msg.data)
-                future = self.pending.get(frame.get("id")) if "method" not in frame else None
-                if future is not None and not future.done():
-                    future.set_result(frame)
-                else:
-                    self.notifications.append(frame)
-        finally:
-            self.closed.set()
-            for future in self.pending.values():
-                if not future.done():
-                    future.set_exception(ConnectionError("the connection closed first"))
-                    future.exception()  # retrieved: a waiter may or may not exist
+    def handle_close(self) -> None:
+        """Fail every request still waiting: no answer can come any more."""
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("the connection closed first"))
+                future.exception()  # retrieved: a waiter may or may not exist
 
     async def send_request(
         self, method: str, params: dict[str, Any], request_id: Any = None
     ) -> tuple[Any, asyncio.Future[dict[str, Any]]]:
         """Send a request; return its id and the future its response will complete."""
         rid = request_id if request_id is not None else next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        future: asyncio.Future[JsonObj] = self._loop.create_future()
         self.pending[rid] = future
-        frame = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
-        await self.ws.send_str(json.dumps(frame))
+        await self.send_json(rpc_request(rid, method, params))
         return rid, future
 
     async def request(
         self, method: str, params: dict[str, Any], timeout_s: float = STEP_S
     ) -> dict[str, Any]:
+        """Send a request and wait for its response."""
         _, future = await self.send_request(method, params)
         return await asyncio.wait_for(future, scaled(timeout_s))
 
     async def start_call(
         self, name: str, arguments: dict[str, Any], request_id: Any = None
     ) -> tuple[Any, asyncio.Future[dict[str, Any]]]:
+        """Send a tools/call; its id and the future of its response."""
         return await self.send_request(
             "tools/call", {"name": name, "arguments": arguments}, request_id
         )
@@ -80,41 +75,22 @@ class McpWsClient:
     async def call(
         self, name: str, arguments: dict[str, Any], timeout_s: float = STEP_S
     ) -> dict[str, Any]:
+        """Run one tools/call to the end; its response."""
         _, future = await self.start_call(name, arguments)
         return await asyncio.wait_for(future, scaled(timeout_s))
 
     async def cancel(self, request_id: Any) -> None:
-        await self.ws.send_str(
-            json.dumps(
-                {
-                    "jsonrpc": "2.0",
-                    "method": "notifications/cancelled",
-                    "params": {"requestId": request_id, "reason": "test"},
-                }
-            )
-        )
+        """Send notifications/cancelled for `request_id`."""
+        params = {"requestId": request_id, "reason": "test"}
+        frame = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
+        await self.send_json(frame)
 
     async def initialize(self) -> dict[str, Any]:
-        response = await self.request(
-            "initialize",
-            {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "e2e-test", "version": "1"},
-            },
-        )
+        """initialize (which must succeed) and notifications/initialized."""
+        response = await self.request("initialize", initialize_params())
         assert "result" in response, response
-        await self.ws.send_str(
-            json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        )
+        await self.send_json(INITIALIZED)
         return response
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._reader
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,5 @@
-"""Process helpers on /proc: is a pid gone, which processes carry a tag, kill, memory."""
+"""Process helpers on /proc: is a pid gone, which processes carry a tag, who is below
+whom, a command line, kill, memory."""
 
 from __future__ import annotations
 
@@ -8,22 +9,54 @@ import signal
 from pathlib import Path
 
 __all__ = [
+    "cmdline",
+    "descendants",
     "group_pids",
     "kill_and_reap",
     "kill_quietly",
+    "parent_pid",
     "process_gone",
+    "process_running",
     "rss_bytes",
     "tagged_pids",
 ]
 
+_EXITED = ("Z", "X")  # a zombie nobody reaped yet, or dead
 
-def process_gone(pid: int) -> bool:
-    """True once `pid` has exited (gone, or a zombie nobody reaped yet)."""
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name, or None if it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def process_gone(pid: int) -> bool:
+    """True once `pid` has exited (gone, or a zombie nobody reaped yet)."""
+    fields = _stat_fields(pid)
+    return fields is None or fields[0] in _EXITED
+
+
+def process_running(pid: int) -> bool:
+    """True while `pid` exists and has not exited."""
+    return not process_gone(pid)
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of `pid`, or None if it is gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
+
+
+def cmdline(pid: int) -> list[str]:
+    """The command line of `pid` (empty if it is gone or has none)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def _live_processes() -> list[tuple[Path, list[str]]]:
@@ -36,7 +69,7 @@ def _live_processes() -> list[tuple[Path, list[str]]]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] != "Z":
+        if fields[0] not in _EXITED:
             found.append((entry, fields))
     return found
 
@@ -57,6 +90,22 @@ def tagged_pids(tag: str) -> list[int]:
 def group_pids(pgid: int) -> list[int]:
     """Live processes (not us, not zombies) of process group `pgid`."""
     return [int(entry.name) for entry, fields in _live_processes() if int(fields[2]) == pgid]
+
+
+def descendants(root_pid: int) -> list[int]:
+    """Live processes below `root_pid` in the process tree (children, grandchildren, …)."""
+    parents = {int(entry.name): int(fields[1]) for entry, fields in _live_processes()}
+
+    def below(pid: int) -> bool:
+        for _ in range(64):  # bounded: a pid reused mid-scan cannot loop forever
+            if pid not in parents:
+                return False
+            pid = parents[pid]
+            if pid == root_pid:
+                return True
+        return False
+
+    return sorted(pid for pid in parents if below(pid))
 
 
 def kill_quietly(pid: int) -> None:
