@@ -1,0 +1,199 @@
+"""What a hosted server sends on its own, routed to the client sessions it is for.
+
+Replies and progress belong to a request and go back with it (the call manager does
+that). Everything else needs a rule, because an instance may be shared:
+
+- `notifications/message` (a log line): to the session the instance belongs to
+  (session isolation), else to the one session with a request in flight on it, if
+  that session's `logging/setLevel` lets it through. With requests of several
+  sessions in flight the line could be about any of them: it is not delivered
+  (logged at debug), because a client must never see another client's data.
+- `notifications/resources/updated`: to the sessions subscribed to that resource.
+- `notifications/{tools,resources,prompts}/list_changed`: to every session the
+  server serves (all of them when shared, the owner under session isolation).
+- a server request (`sampling/createMessage`, `elicitation/create`, `roots/list`):
+  to the owner, or the one session with a request in flight; otherwise the server
+  gets an error saying why, and the log advises session isolation for such servers.
+  The client's answer goes back to the instance under the server's own id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import msgspec
+
+from broker.hosting.instance import HostedInstance
+from broker.hosting.loglevels import LogLevels
+from broker.hosting.subscriptions import Subscriptions
+from exai.relay import Ask, Notice
+
+__all__ = ["ServerTraffic", "SessionLike"]
+
+log = logging.getLogger(__name__)
+
+LIST_CHANGED = frozenset(
+    {
+        "notifications/tools/list_changed",
+        "notifications/resources/list_changed",
+        "notifications/prompts/list_changed",
+    }
+)
+# The JSON-RPC error a server gets when no single client can answer its request.
+_NO_CLIENT = -32603
+ASK_ID_PREFIX = "exai-ask-"
+
+
+class SessionLike(Protocol):
+    id: str
+    closed: bool
+
+    def send(self, data: bytes) -> None: ...
+
+
+class _LogParams(msgspec.Struct):
+    level: str = ""
+
+
+class _UriParams(msgspec.Struct):
+    uri: str = ""
+
+
+class ServerTraffic:
+    """Routes one hosted server's notices and requests; answers come back through it."""
+
+    def __init__(
+        self,
+        server_name: str,
+        *,
+        owner_of: Callable[[HostedInstance], str | None],
+        sessions_in_flight: Callable[[HostedInstance], set[str]],
+        all_sessions: Callable[[], Iterable[SessionLike]],
+        session: Callable[[str], SessionLike | None],
+        levels: LogLevels,
+        subscriptions: Subscriptions,
+        can_answer: Callable[[HostedInstance, str], bool] = lambda _i, _s: True,
+    ) -> None:
+        self.server_name = server_name
+        self._owner_of = owner_of
+        self._in_flight = sessions_in_flight
+        self._all_sessions = all_sessions
+        self._session = session
+        self._levels = levels
+        self._subscriptions = subscriptions
+        self._can_answer = can_answer
+        self._next_ask = 0
+        # (session id, the id the client saw) -> (instance, the relay's ask id)
+        self._asks: dict[tuple[str, bytes], tuple[HostedInstance, int]] = {}
+        self.undelivered = 0
+
+    # --- from the server -------------------------------------------------------------
+
+    def handle_notice(self, instance: HostedInstance, notice: Notice) -> None:
+        frame = _notification(notice.method, notice.params)
+        if notice.method in LIST_CHANGED:
+            owner = self._owner_of(instance)
+            targets: Iterable[SessionLike | None] = (
+                [self._session(owner)] if owner is not None else self._all_sessions()
+            )
+            for target in targets:
+                if target is not None and not target.closed:
+                    target.send(frame)
+            return
+        if notice.method == "notifications/resources/updated":
+            uri = _decode(notice.params, _UriParams).uri
+            for subscriber in self._subscriptions.subscribers(self.server_name, uri):
+                self._deliver(subscriber, frame)
+            return
+        session_id = self._single_target(instance)
+        if session_id is None:
+            self.undelivered += 1
+            log.debug("%s: %s not delivered: no single session", self.server_name, notice.method)
+            return
+        if notice.method == "notifications/message":
+            level = _decode(notice.params, _LogParams).level
+            if not self._levels.wants(session_id, level):
+                return
+        self._deliver(session_id, frame)
+
+    def handle_ask(self, instance: HostedInstance, ask: Ask) -> None:
+        target = self._single_target(instance)
+        session = self._session(target) if target is not None else None
+        if session is None or session.closed or not self._can_answer(instance, target or ""):
+            why = (
+                "no single client session can answer it (requests of several sessions are "
+                "in flight on this shared instance)"
+                if target is None
+                else "the client session that would answer it cannot take server requests"
+            )
+            log.warning(
+                "%s: refused %s: %s; run servers that sample, elicit or ask for roots "
+                "with session isolation (--isolation session)",
+                self.server_name,
+                ask.method,
+                why,
+            )
+            instance.answer(ask.ask_id, None, _error(f"{ask.method} refused by the broker: {why}"))
+            return
+        self._next_ask += 1
+        client_id = msgspec.json.encode(f"{ASK_ID_PREFIX}{self._next_ask}")
+        self._asks[(session.id, client_id)] = (instance, ask.ask_id)
+        head = (
+            b'{"jsonrpc":"2.0","id":' + client_id + b',"method":' + msgspec.json.encode(ask.method)
+        )
+        session.send(head + (b',"params":' + ask.params if ask.params else b"") + b"}")
+
+    # --- from a client ---------------------------------------------------------------
+
+    def handle_answer(
+        self, session_id: str, client_id: bytes, result: bytes | None, error: bytes | None
+    ) -> bool:
+        """A client answered one of our server requests; False if it was not ours."""
+        found = self._asks.pop((session_id, client_id), None)
+        if found is None:
+            return False
+        instance, ask_id = found
+        instance.answer(ask_id, result, error)
+        return True
+
+    def end_session(self, session_id: str) -> None:
+        """A session is gone: the server requests it had not answered fail."""
+        for key in [k for k in self._asks if k[0] == session_id]:
+            instance, ask_id = self._asks.pop(key)
+            instance.answer(ask_id, None, _error("the client session ended"))
+
+    def forget_instance(self, instance: HostedInstance) -> None:
+        for key in [k for k, (i, _) in self._asks.items() if i is instance]:
+            del self._asks[key]
+
+    # --- internals -------------------------------------------------------------------
+
+    def _single_target(self, instance: HostedInstance) -> str | None:
+        owner = self._owner_of(instance)
+        if owner is not None:
+            return owner
+        sessions = self._in_flight(instance)
+        return next(iter(sessions)) if len(sessions) == 1 else None
+
+    def _deliver(self, session_id: str, frame: bytes) -> None:
+        session = self._session(session_id)
+        if session is not None and not session.closed:
+            session.send(frame)
+
+
+def _notification(method: str, params: bytes | None) -> bytes:
+    head = b'{"jsonrpc":"2.0","method":' + msgspec.json.encode(method)
+    return head + (b',"params":' + params if params else b"") + b"}"
+
+
+def _error(message: str) -> bytes:
+    return msgspec.json.encode({"code": _NO_CLIENT, "message": message})
+
+
+def _decode(params: bytes | None, kind: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(params or b"{}", type=kind)
+    except msgspec.DecodeError:
+        return kind()
