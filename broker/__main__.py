@@ -21,6 +21,8 @@ from exai.settings import (
     collect_environment,
     load_settings,
     ray_missing_message,
+    read_token_file,
+    valid_token,
 )
 
 __all__ = ["main", "run"]
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", help="listen port, 0 for any free one (EXAI_WS_PORT, default 8765)"
     )
-    parser.add_argument("--token", help="shared bearer token (EXAI_WS_TOKEN; default: auth off)")
+    _add_token_flags(parser, "shared bearer token (EXAI_WS_TOKEN; default: auth off)")
     parser.add_argument("--workers", help="worker processes (EXAI_WORKERS, default 4)")
     parser.add_argument("--log-dir", help="folder for health, metrics and log (EXAI_LOG_DIR)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (EXAI_LOG_LEVEL)")
@@ -104,16 +106,55 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+# A secret given as a flag's value is in /proc/PID/cmdline, readable by every local user.
+_ON_ARGV = "; visible in the process list, prefer"
+
+
+def _add_token_flags(
+    parser: argparse.ArgumentParser, what: str, flag: str = "--token", env: bool = True
+) -> None:
+    """`flag` (kept for scripts) and `flag`-file, which keeps the secret off argv."""
+    instead = f"EXAI_WS_TOKEN or {flag}-file" if env else f"{flag}-file"
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(flag, help=f"{what}{_ON_ARGV} {instead}")
+    group.add_argument(
+        f"{flag}-file",
+        metavar="PATH",
+        help="the same, read from this file ('-': one line of standard input)",
+    )
+
+
+def _secret(args: argparse.Namespace, name: str) -> str | None:
+    """The secret given by --NAME or --NAME-file, or None when neither was."""
+    path = getattr(args, f"{name}_file")
+    if path is not None:
+        return read_token_file(path, f"--{name}-file")
+    value: str | None = getattr(args, name)
+    return value
+
+
+def _new_token_from_stdin() -> str:
+    """The new token when no flag gives it: typed without echo, or one piped line."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("new token: ").strip()
+    return read_token_file("-", "--new")
+
+
 def _admin_parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m broker {command}")
     parser.add_argument("--host", help="daemon address (EXAI_WS_HOST)")
     parser.add_argument("--port", help="daemon port (EXAI_WS_PORT)")
-    parser.add_argument("--token", help="current token (EXAI_WS_TOKEN)")
+    if command == "rotate-token":
+        _add_token_flags(parser, "the token in force now (default: EXAI_WS_TOKEN)", "--old")
+        _add_token_flags(
+            parser, "the token to use from now on (default: standard input)", "--new", env=False
+        )
+    else:
+        _add_token_flags(parser, "current token (EXAI_WS_TOKEN)")
     parser.add_argument("--log-dir", help="where the health file is (EXAI_LOG_DIR)")
     parser.add_argument("--env-file", help="read settings from this .env file")
-    if command == "rotate-token":
-        parser.add_argument("--old", required=True, help="the token in force now")
-        parser.add_argument("--new", required=True, help="the token to use from now on")
     return parser
 
 
@@ -122,10 +163,24 @@ def admin_main(command: str, argv: Sequence[str]) -> int:
     from broker.admin import commands as admin
 
     args = _admin_parser(command).parse_args(argv)
+    new = ""
     try:
-        cli = {k: v for k, v in vars(args).items() if k in ("host", "port", "token", "log_dir")}
+        cli = {k: v for k, v in vars(args).items() if k in ("host", "port", "log_dir")}
         if command == "rotate-token":
-            cli["token"] = args.old
+            new_from_stdin = args.new_file == "-" or (args.new_file is None and args.new is None)
+            if args.old_file == "-" and new_from_stdin:
+                raise SettingsError("--old-file -: standard input carries the new token")
+            cli["token"] = _secret(args, "old")
+            given = _secret(args, "new")
+            new = _new_token_from_stdin() if given is None else given
+            if not new:
+                raise SettingsError("the new token is empty")
+            if not valid_token(new):
+                raise SettingsError(
+                    "the new token: expected printable ASCII characters, without whitespace"
+                )
+        else:
+            cli["token"] = _secret(args, "token")
         settings = load_settings(collect_environment(args.env_file), cli)
     except SettingsError as exc:
         print(f"exai-broker: invalid setting: {exc}", file=sys.stderr)
@@ -135,7 +190,7 @@ def admin_main(command: str, argv: Sequence[str]) -> int:
         text, code = admin.format_status(snapshot, source)
         print(text)
         return code
-    ok, message = asyncio.run(admin.rotate_token(settings, args.old, args.new))
+    ok, message = asyncio.run(admin.rotate_token(settings, settings.token, new))
     print(message, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
@@ -158,7 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         environ = collect_environment(args.env_file)
-        settings = load_settings(environ, vars(args))
+        cli = vars(args)
+        cli["token"] = _secret(args, "token")
+        settings = load_settings(environ, cli)
     except SettingsError as exc:
         print(f"exai-broker: invalid setting: {exc}", file=sys.stderr)
         return ExitCode.USAGE

@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +30,8 @@ __all__ = [
     "load_settings",
     "load_shim_settings",
     "ray_missing_message",
+    "read_token_file",
+    "valid_token",
 ]
 
 DEFAULT_PROVIDER_CAPS = {"kimi": 6, "glm": 4}
@@ -197,12 +200,43 @@ def _folder(raw: str) -> str:
     return value
 
 
+def valid_token(value: str) -> bool:
+    """Could `value` be sent as a token? It travels in an HTTP header (Authorization or
+    the query string), where only printable ASCII arrives intact: nothing else, and no
+    whitespace."""
+    return all("!" <= c <= "~" for c in value)
+
+
+def read_token_file(path: str, flag: str) -> str:
+    """The token in the file at `path` ("-": one line of standard input), for `flag`.
+
+    A token given this way stays off the command line, where any local user can read
+    it (/proc/PID/cmdline, ps). The token itself is never put in an error message.
+    """
+    source = "standard input" if path == "-" else path
+    try:
+        text = sys.stdin.readline() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"{flag}: {source}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{flag}: {source}: not UTF-8 text") from None
+    value = text.strip()
+    if not value:
+        raise SettingsError(f"{flag}: {source}: no token in it")
+    return value
+
+
 def _token(raw: str) -> str:
     # A token with inner whitespace is almost always a pasted comment or a typo, and
     # it could never be sent in an Authorization header.
     value = raw.strip()
     if any(c.isspace() for c in value):
         raise ValueError("expected a token without whitespace (is there a comment on that line?)")
+    if not valid_token(value):
+        raise ValueError(
+            "expected a token of printable ASCII characters only "
+            "(it is sent in an HTTP header, where other characters cannot be matched)"
+        )
     return value
 
 

@@ -31,6 +31,7 @@ from exai.ipc import Progress, Result
 
 __all__ = [
     "AnswerFrames",
+    "MalformedResult",
     "over_capacity",
     "queue_wait_expired",
     "timed_out",
@@ -51,6 +52,13 @@ _TOOL_RESULT = msgspec.json.Decoder(_ToolResult)
 _OP = Dialect.OP
 
 
+class MalformedResult(BrokerError):
+    """A tool result the op dialect cannot be built from (say `"isError": null`): the
+    tool broke the CallToolResult contract, so its client gets an EXEC_ERROR."""
+
+    code = ErrorCode.EXEC_ERROR
+
+
 class AnswerFrames:
     """Builds the frames about one call, with the daemon's codec."""
 
@@ -68,14 +76,22 @@ class AnswerFrames:
         return self._codec.encode(Ack(call.request_id))
 
     def result(self, call: PendingCall, payload: bytes) -> bytes:
-        """The answer carrying a worker's CallToolResult (JSON bytes)."""
+        """The answer carrying a worker's CallToolResult (JSON bytes).
+
+        Raises MalformedResult when an op answer cannot be built from `payload`.
+        """
         if call.dialect is not _OP:
             if call.modern:
                 payload = stamp_result(payload, "tools/call")
             # What codec.result encodes, spliced: both the id and the result are raw JSON.
             return b'{"jsonrpc":"2.0","id":' + call.request_id + b',"result":' + payload + b"}"
-        result = _TOOL_RESULT.decode(payload)
-        outputs = [c for c in result.content if isinstance(c, dict)]
+        try:
+            result = _TOOL_RESULT.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise MalformedResult(
+                f"{call.tool!r} returned a malformed result: {exc}", tool=call.tool
+            ) from None
+        outputs = result.content
         text = "\n".join(str(c.get("text", "")) for c in outputs if c.get("type") == "text")
         failure = ToolFailure(ErrorCode.EXEC_ERROR, text) if result.isError else None
         return self._codec.encode(
@@ -137,9 +153,10 @@ def worker_lost(reason: str, tool: str, slot: int) -> WorkerLost:
 
 
 def too_large(tool: str, size: int, max_frame_bytes: int) -> ResultTooLarge:
+    """`size` is the answer frame's, as it would be sent (an op frame repeats the text)."""
     return ResultTooLarge(
-        f"{tool!r} returned {size} bytes, more than EXAI_WS_MAX_BYTES "
-        f"({max_frame_bytes}) allows in one frame",
+        f"{tool!r} returned a result whose answer is {size} bytes, more than "
+        f"EXAI_WS_MAX_BYTES ({max_frame_bytes}) allows in one frame",
         bytes=size,
     )
 

@@ -26,6 +26,7 @@ import msgspec
 from broker.calls.accounting import CallRecord, Tally
 from broker.calls.answers import (
     AnswerFrames,
+    MalformedResult,
     over_capacity,
     queue_wait_expired,
     timed_out,
@@ -52,8 +53,6 @@ __all__ = ["CallManager", "CallRecord", "PendingCall"]
 
 # How long a shim's call may run before the daemon acknowledges it separately.
 SHIM_ACK_DELAY_S = 0.05
-# Room kept in a frame for the envelope around a tool's result.
-RESULT_ENVELOPE_BYTES = 1024
 
 # Aliases, because looking a member up on an Enum class is a descriptor call (~0.1 µs),
 # and every call tests its state and dialect several times.
@@ -90,7 +89,7 @@ class CallManager:
         self._intake = Intake(settings.default_model, registry or ModelRegistry())
         self._tally = Tally(record)
         self._frames = AnswerFrames(codec)
-        self._max_result_bytes = settings.max_frame_bytes - RESULT_ENVELOPE_BYTES
+        self._max_frame_bytes = settings.max_frame_bytes
         self._next_id = 0
         self._active = 0
         self._idle = asyncio.Event()
@@ -360,26 +359,36 @@ class CallManager:
             if not self._active:
                 self._idle.set()
         now = time.monotonic()
-        if payload is not None and len(payload) > self._max_result_bytes:
-            # The client could not receive it (its frame limit is ours): say so instead.
-            error = too_large(call.tool, len(payload), self.settings.max_frame_bytes)
-            payload = None
-        if payload is not None:
-            frame = self._frames.result(call, payload)
-            outcome = str(ErrorCode.EXEC_ERROR) if tool_error else "ok"
-        else:
-            assert error is not None
-            frame = self._frames.error(call.dialect, call.request_id, error)
-            outcome = str(error.code)
-        if not silent:
-            session.send(frame)
-            if session.acks:
-                session.remember(call.key, frame)
-        self._tally.finished(call, outcome, len(frame), error, now)
-        if left is _HELD or left is _RUNNING:
-            assert call.lease is not None
-            for waiter, granted in self.scheduler.release(call.lease, now):
-                self._admit(waiter.payload, granted)
+        try:
+            frame = b""
+            if payload is not None:
+                try:
+                    frame = self._frames.result(call, payload)
+                    outcome = str(ErrorCode.EXEC_ERROR) if tool_error else "ok"
+                except MalformedResult as exc:
+                    error = exc
+                # The limit is on the frame sent, not the payload: an op frame carries the
+                # text twice. The client could not receive a bigger one (its frame limit
+                # is ours): say so instead.
+                if len(frame) > self._max_frame_bytes:
+                    error = too_large(call.tool, len(frame), self._max_frame_bytes)
+                    frame = b""
+            if not frame:
+                assert error is not None
+                frame = self._frames.error(call.dialect, call.request_id, error)
+                outcome = str(error.code)
+            if not silent:
+                session.send(frame)
+                if session.acks:
+                    session.remember(call.key, frame)
+            self._tally.finished(call, outcome, len(frame), error, now)
+        finally:
+            # The call is DONE already: whatever went wrong answering it, its capacity
+            # must go back now, or it is never given back.
+            if left is _HELD or left is _RUNNING:
+                assert call.lease is not None
+                for waiter, granted in self.scheduler.release(call.lease, now):
+                    self._admit(waiter.payload, granted)
 
     # --- views -----------------------------------------------------------------------
 

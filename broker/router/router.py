@@ -46,9 +46,9 @@ from exai.errors import (
     Unauthorized,
 )
 from exai.jsonrpc import present, valid_id
-from exai.settings import Settings
+from exai.settings import Settings, valid_token
 
-__all__ = ["HELLO_TIMEOUT", "ClientPeer", "FrameRouter", "Refusal"]
+__all__ = ["CROWDED_OUT", "HELLO_TIMEOUT", "ClientPeer", "FrameRouter", "Refusal"]
 
 log = logging.getLogger("broker.router.router")
 
@@ -95,6 +95,14 @@ BAD_SESSION_ID = Refusal(
 UNAUTHORIZED = Refusal("unauthorized", ErrorCode.UNAUTHORIZED, CLOSE_UNAUTHORIZED, "unauthorized")
 HELLO_TIMEOUT = Refusal(
     "no hello in time", ErrorCode.TIMEOUT, CLOSE_HELLO_TIMEOUT, "no hello in time"
+)
+# Every connection slot was taken and this one had not authenticated yet: it gave its
+# slot to a newer connection. 1013 is WebSocket's "try again later".
+CROWDED_OUT = Refusal(
+    "too many connections (EXAI_WS_MAX_CONNECTIONS); authenticate at once to keep a slot",
+    ErrorCode.OVER_CAPACITY,
+    1013,
+    "too many connections",
 )
 
 
@@ -321,8 +329,10 @@ class FrameRouter:
         if not self.auth.enabled:
             raise Unauthorized("token auth is off (EXAI_WS_TOKEN is empty); nothing to rotate")
         new = rotate.new
-        if not new or any(c.isspace() for c in new):
-            raise InvalidFrame("rotate_token needs a new token without whitespace")
+        if not new or not valid_token(new):
+            raise InvalidFrame(
+                "rotate_token needs a new token of printable ASCII characters, without whitespace"
+            )
         if not self.auth.rotate(rotate.old or "", new):
             log.warning("refused rotate_token: the old token did not match")
             raise Unauthorized("the old token does not match")

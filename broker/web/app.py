@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from broker.observe.prometheus import CONTENT_TYPE
-from broker.router.router import HELLO_TIMEOUT, Refusal
+from broker.router.router import CROWDED_OUT, HELLO_TIMEOUT, Refusal
 from broker.web.auth import Auth
 from broker.web.clients import Clients
 from broker.web.connection import WsConnection
@@ -88,12 +88,22 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     if backend.draining:
         return web.Response(status=503, text="shutting down\n")
     if clients.full:
+        victim = clients.make_room()
+        if victim is None:
+            log.warning(
+                "refused connection from %s: %d connections open (EXAI_WS_MAX_CONNECTIONS)",
+                request.remote,
+                len(clients),
+            )
+            return web.Response(status=503, text="too many connections\n")
         log.warning(
-            "refused connection from %s: %d connections open (EXAI_WS_MAX_CONNECTIONS)",
+            "closed unauthenticated connection %s to make room for %s: %d connections "
+            "open (EXAI_WS_MAX_CONNECTIONS)",
+            victim.remote,
             request.remote,
-            len(clients),
+            len(clients) + 1,
         )
-        return web.Response(status=503, text="too many connections\n")
+        backend.router.refuse(victim, CROWDED_OUT)
     ws = web.WebSocketResponse(
         protocols=("mcp",),
         max_msg_size=settings.max_frame_bytes,

@@ -22,7 +22,13 @@ class Auth:
             return True
         if presented is None:
             return False
-        return hmac.compare_digest(presented.encode(), self._token)
+        try:
+            encoded = presented.encode()
+        except UnicodeEncodeError:
+            # A header that is not UTF-8 reaches us with surrogate escapes: it cannot be
+            # the token (refused as wrong, not a server error).
+            return False
+        return hmac.compare_digest(encoded, self._token)
 
     def rotate(self, old: str, new: str) -> bool:
         """Replace the token if `old` is the current one. Refused while auth is off."""

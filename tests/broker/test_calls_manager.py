@@ -299,6 +299,71 @@ def test_op_tool_error_carries_exec_error_and_structured_content(
     assert broker.outcomes() == ["EXEC_ERROR"]
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b'{"content":[],"isError":null}', id="isError-null"),
+        pytest.param(b'{"content":"hi"}', id="content-a-string"),
+        pytest.param(b'{"content":[1,"two"]}', id="content-not-objects"),
+        pytest.param(b'{"content":[{"type":"text"', id="not-json"),
+    ],
+)
+def test_a_malformed_op_result_is_an_exec_error_and_frees_its_capacity(
+    make: Callable[..., Broker], payload: bytes
+) -> None:
+    """A result the op answer cannot be built from fails that call with EXEC_ERROR; the
+    capacity comes back once and the next result from the same worker is delivered."""
+    broker = make(session_max_inflight=2, global_max_inflight=2)
+    first, second = broker.client(), broker.client()
+    broker.call(first, 1)
+    bad = broker.last_call_id()
+    broker.call(second, 2)
+    good = broker.last_call_id()
+    # Both results as one read of the worker's pipe delivers them.
+    broker.succeed(bad, payload)
+    broker.succeed(good)
+    answer = first.answer(1)
+    assert answer["error"]["code"] == "EXEC_ERROR"
+    assert "malformed" in answer["error"]["message"]
+    assert error_code(second.answer(2)) == "ok"
+    assert sorted(broker.outcomes()) == ["EXEC_ERROR", "ok"]
+    broker.assert_capacity_free()
+
+
+def text_result(text_bytes: int) -> bytes:
+    """A tool result of one text item `text_bytes` long."""
+    return b'{"content":[{"type":"text","text":"' + b"x" * text_bytes + b'"}]}'
+
+
+@pytest.mark.parametrize("dialect", [Dialect.OP, Dialect.MCP])
+def test_the_size_limit_is_on_the_answer_frame_not_the_payload(
+    make: Callable[..., Broker], dialect: Dialect
+) -> None:
+    """A payload under the limit whose answer frame is over it (an op frame carries the
+    text twice) is RESULT_TOO_LARGE; an answer frame right at the limit is sent."""
+    limit = 64 * 1024
+    # How often the text appears in the answer frame.
+    copies = 2 if dialect is Dialect.OP else 1
+    broker = make(max_frame_bytes=limit)
+    client = broker.client(dialect)
+    broker.call(client, "empty")
+    broker.succeed(broker.last_call_id(), text_result(0))
+    overhead = len(client.raw[-1]) - len(b'"empty"')
+    fitting = (limit - overhead - len(b"1")) // copies
+
+    broker.call(client, 1)
+    broker.succeed(broker.last_call_id(), text_result(fitting + 1))
+    assert len(text_result(fitting + 1)) < limit
+    assert error_code(client.answer(1)) == "RESULT_TOO_LARGE"
+
+    broker.call(client, 2)
+    broker.succeed(broker.last_call_id(), text_result(fitting))
+    assert error_code(client.answer(2)) == "ok"
+    assert limit - copies < len(client.raw[-1]) <= limit
+    assert max(len(frame) for frame in client.raw) <= limit
+    broker.assert_capacity_free()
+
+
 def test_mcp_call_answer_is_the_worker_result_spliced(make: Callable[..., Broker]) -> None:
     """An MCP client gets no ack and a JSON-RPC result holding the worker's bytes as they are."""
     broker = make()

@@ -311,6 +311,8 @@ def test_rotate_token(guarded: Front, front: Front) -> None:
     for bad, code in (
         ({"op": "rotate_token", "old": "nope", "new": "n"}, "UNAUTHORIZED"),
         ({"op": "rotate_token", "old": TOKEN, "new": "has space"}, "INVALID_FRAME"),
+        # It could never be matched in an Authorization header.
+        ({"op": "rotate_token", "old": TOKEN, "new": "tökén"}, "INVALID_FRAME"),
         ({"op": "rotate_token", "old": TOKEN}, "INVALID_FRAME"),
     ):
         guarded.feed(peer, bad)

@@ -6,10 +6,13 @@ backend (tests.broker.test_web_app): no workers, no daemon process.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.broker.test_web_app import get, served, upgrade
+from tests.conftest import scaled
 
 ALLOWED = "http://allowed.example:8080"
 TOKEN = "tok-guard-3c1e"
@@ -160,3 +163,45 @@ async def test_every_route_is_guarded() -> None:
                 upgrade_headers = {**headers, "Connection": "Upgrade", "Upgrade": "websocket"}
                 status, _, _ = await get(client, path, upgrade_headers)
                 assert status == expected, (path, "upgrade", headers)
+
+
+async def raw_status(server: TestServer, request: bytes) -> int:
+    """The status of one hand-written HTTP request (bytes an HTTP client would not send)."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), scaled(10))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return int(line.split()[1])
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        b"Authorization: Bearer \xff\xfe" + TOKEN.encode() + b"\r\n",
+        b"Authorization: Bearer t\xc3\xb6k\r\n",
+        b"Authorization: Bearer \xed\xa0\x80\r\n",
+    ],
+    ids=["invalid-utf8", "non-ascii", "encoded-surrogate"],
+)
+@pytest.mark.parametrize("path", ["/health", "/"])
+async def test_a_token_header_that_is_not_ascii_is_401_never_500(
+    credentials: bytes, path: str
+) -> None:
+    """Header bytes that are not (valid) UTF-8 are a wrong token, on HTTP and upgrades."""
+    async with served({"EXAI_WS_TOKEN": TOKEN}) as (client, _, _):
+        server = client.server
+        assert isinstance(server, TestServer)
+        request = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + credentials
+        if path == "/":
+            request += (
+                b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            )
+        assert await raw_status(server, request + b"\r\n") == 401
+        # A query token with bytes that are not UTF-8 is refused the same way.
+        query = b"GET " + path.encode() + b"?token=%FF%FE HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        assert await raw_status(server, query) == 401

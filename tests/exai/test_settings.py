@@ -18,6 +18,7 @@ from exai.settings import (
     collect_environment,
     load_settings,
     load_shim_settings,
+    read_token_file,
     worker_overrides,
 )
 
@@ -201,6 +202,19 @@ def test_invalid_token_is_refused_without_echoing_it(raw: str) -> None:
     message = settings_error({"EXAI_WS_TOKEN": raw})
     assert "EXAI_WS_TOKEN" in message
     assert "expected" in message
+    assert raw not in message and "secret" not in message
+    with pytest.raises(SettingsError) as info:
+        load_shim_settings({"EXAI_WS_TOKEN": raw})
+    assert raw not in str(info.value)
+
+
+@pytest.mark.parametrize("raw", ["tökén-secret", "secret-\u00e9", "秘密secret"])
+def test_a_token_that_cannot_travel_in_a_header_is_refused_at_start(raw: str) -> None:
+    """Only printable ASCII arrives intact in an HTTP header, so any other token could
+    never be matched: it fails at start-up with one line, and the secret is not printed."""
+    message = settings_error({"EXAI_WS_TOKEN": raw})
+    assert "EXAI_WS_TOKEN" in message and "ASCII" in message
+    assert "\n" not in message.strip()
     assert raw not in message and "secret" not in message
     with pytest.raises(SettingsError) as info:
         load_shim_settings({"EXAI_WS_TOKEN": raw})
@@ -528,3 +542,21 @@ def test_workers_rebuild_the_same_typed_settings_from_the_overrides(pool: str) -
     worker = load_settings(overrides)
     assert (worker.pool_kind, worker.pool_address) == (daemon.pool_kind, daemon.pool_address)
     assert (worker.isolation, worker.log_format) == (Isolation.SESSION, LogFormat.JSON)
+
+
+def test_a_token_file_gives_its_one_line_and_a_bad_one_fails_in_one_line(tmp_path: Path) -> None:
+    """The token is the file's line without its newline; a missing, empty or non-UTF-8
+    file fails naming the flag and the path, never the content."""
+    good = tmp_path / "token"
+    good.write_text("  tok-file-secret\n")
+    assert read_token_file(str(good), "--token-file") == "tok-file-secret"
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"tok-\xff-secret\n")
+    for path, why in ((tmp_path / "none", "cannot read"), (empty, "no token"), (binary, "UTF-8")):
+        with pytest.raises(SettingsError) as info:
+            read_token_file(str(path), "--token-file")
+        message = str(info.value)
+        assert message.startswith(f"--token-file: {path}: ") and why in message
+        assert "secret" not in message and "\n" not in message
