@@ -26,6 +26,8 @@ class Autostarter:
         self.log_dir = Path(log_dir)
         self.last_attempt = 0.0
         self.started = 0
+        # Why the last attempt could not start a daemon, for the shim's error messages.
+        self.failure: str | None = None
 
     def maybe_start(self) -> bool:
         """Start a detached daemon unless one was started recently. True if started."""
@@ -35,8 +37,17 @@ class Autostarter:
         self.last_attempt = now
         import subprocess
 
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_dir / "daemon-autostart.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / "daemon-autostart.log", "ab")  # noqa: SIM115 - to the child
+        except OSError as exc:
+            # A relative log dir in a working directory we may not write to: say so, and
+            # let the shim keep trying to connect (someone may start the daemon by hand).
+            failure = f"cannot write the daemon's log in {self.log_dir}: {exc}"
+            if failure != self.failure:
+                log.error("could not start the daemon: %s (set EXAI_LOG_DIR)", failure)
+            self.failure = failure
+            return False
         kwargs: dict[str, object] = {}
         if sys.platform == "win32":
             flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP
@@ -55,9 +66,11 @@ class Autostarter:
             )
         except OSError as exc:
             log.error("could not start the daemon: %s", exc)
+            self.failure = str(exc)
             return False
         finally:
             out.close()
+        self.failure = None
         self.started += 1
         log.warning("no daemon was running; started one (log: %s)", out.name)
         return True

@@ -57,6 +57,8 @@ class Bridge:
         self.connection = ConnectionLoop(settings, self.session_id, self)
         self._replay_seq = 0
         self._replays: set[str] = set()
+        # Cancels the client sent while no connection was up, for the next one.
+        self._held_cancels: list[bytes] = []
         self._connected = asyncio.Event()
 
     async def run_connection(self) -> None:
@@ -73,11 +75,23 @@ class Bridge:
             if seen.method == "notifications/initialized":
                 self.initialized_line = line
             elif seen.cancelled_key is not None:
-                # The daemon sends no response to a cancelled request: stop waiting for one.
-                self._forget(seen.cancelled_key)
+                self._handle_cancel(seen.cancelled_key, line)
+                return
             self._send(line)
         elif isinstance(seen, Invalid):
             self.write_line(seen.reply)
+
+    def _handle_cancel(self, key: str, line: bytes) -> None:
+        pending = self.pending.get(key)
+        # The daemon sends no response to a cancelled request: stop waiting for one.
+        self._forget(key)
+        if self._connected.is_set():
+            self._send(line)
+        elif pending is not None and pending.sent:
+            # The daemon may have the call (or its answer is on the way): it must hear of
+            # the cancel once we are back, or the call runs on and holds its capacity.
+            # One that never reached a daemon is simply not replayed.
+            self._held_cancels.append(line)
 
     def _handle_request(self, request: ClientRequest) -> None:
         if request.method == "initialize":
@@ -87,6 +101,19 @@ class Bridge:
                 error_response(request.request_id, INVALID_REQUEST, "request id already in use")
             )
             return
+        limit = self.settings.max_frame_bytes
+        if len(request.line) > limit:
+            # The daemon would close the connection on it, and again on every re-send.
+            self.write_line(
+                error_response(
+                    request.request_id,
+                    JSONRPC_CODES[ErrorCode.INVALID_FRAME],
+                    f"request of {len(request.line)} bytes exceeds the frame limit of "
+                    f"{limit} bytes (EXAI_WS_MAX_BYTES)",
+                    {"code": str(ErrorCode.INVALID_FRAME)},
+                )
+            )
+            return
         pending = Pending(request)
         self.pending.add(pending)
         self._send_pending(pending)
@@ -94,6 +121,22 @@ class Bridge:
     def handle_stdin_eof(self) -> None:
         self.stdin_closed = True
         self._maybe_done()
+        if not self.done.is_set():
+            # The client may still read the answers it is owed, but a call that never
+            # ends must not keep the shim alive after its client has left.
+            asyncio.get_running_loop().call_later(
+                self.settings.rpc_timeout_s, self._handle_eof_grace_over
+            )
+
+    def _handle_eof_grace_over(self) -> None:
+        for pending in list(self.pending.values()):
+            self._fail_pending(
+                pending,
+                ErrorCode.UNAVAILABLE,
+                f"no answer within {self.settings.rpc_timeout_s:g} s (EXAI_SHIM_RPC_TIMEOUT) "
+                "after the client closed the shim's stdin; the shim is exiting",
+            )
+        self.done.set()
 
     def handle_oversize(self, size: int) -> None:
         self.write_line(error_response(None, INVALID_REQUEST, f"line of {size} bytes is too large"))
@@ -152,6 +195,11 @@ class Bridge:
         self._connected.set()
         if self.ever_connected and not resumed:
             self._replay_session()
+        held, self._held_cancels = self._held_cancels, []
+        if resumed:
+            # A restarted daemon knows none of these calls: only a resumed session needs them.
+            for line in held:
+                self._send(line)
         for pending in list(self.pending.values()):
             fate = after_reconnect(pending, resumed, self.safe_tools)
             tool = pending.request.tool
@@ -172,12 +220,50 @@ class Bridge:
     def handle_disconnected(self) -> None:
         self._connected.clear()
         self.ws = None
+        for pending in self.pending.values():
+            if pending.acked:
+                # Its ack was from a connection that is gone: without a timer of its own
+                # again, a daemon that stays down would leave the client waiting forever.
+                pending.acked = False
+                self.pending.restart_timer(pending)
 
     def handle_unauthorized(self, message: str) -> None:
         """Answer every request not yet sent to a daemon: retrying will not help."""
         for pending in list(self.pending.values()):
             if not pending.sent:
                 self._fail_pending(pending, ErrorCode.UNAUTHORIZED, message)
+
+    def handle_oversized_frame(self, head: bytes, size: int, limit: int) -> None:
+        """The daemon sent a frame over our limit (skipped): answer its request instead."""
+        key = classify(head).key
+        pending = self.pending.get(key) if key is not None else None
+        if pending is None:
+            log.warning("skipped a daemon frame of %d bytes (limit %d)", size, limit)
+            return
+        self._fail_pending(
+            pending,
+            ErrorCode.RESULT_TOO_LARGE,
+            f"the result of {size} bytes exceeds the shim's frame limit of {limit} bytes "
+            "(EXAI_WS_MAX_BYTES in the shim's env)",
+        )
+
+    def handle_frame_refused_as_too_large(self, reason: str) -> None:
+        """The daemon closed the connection over a frame too large for it: answer the
+        request that must have been it, so that the reconnect does not re-send it."""
+        suspects = [
+            pending
+            for pending in self.pending.values()
+            if pending.sent_generation == self.generation and not pending.acked
+        ]
+        if not suspects:
+            return
+        culprit = max(suspects, key=lambda pending: len(pending.request.line))
+        self._fail_pending(
+            culprit,
+            ErrorCode.INVALID_FRAME,
+            f"the daemon refused a request of {len(culprit.request.line)} bytes as larger "
+            f"than its frame limit (EXAI_WS_MAX_BYTES; it said: {reason or 'message too big'})",
+        )
 
     def _replay_session(self) -> None:
         """A new daemon knows nothing of this client: re-run its initialize first."""

@@ -19,7 +19,7 @@ from exai.settings import ShimSettings
 from shim import websocket
 from shim.autostart import Autostarter
 from shim.hello import CLOSE_UNAUTHORIZED, SessionRefused, hello_frame, read_hello_ack
-from shim.websocket import ConnectionClosed, HandshakeError, WebSocket
+from shim.websocket import ConnectionClosed, HandshakeError, MessageTooLarge, WebSocket
 
 __all__ = ["ConnectionLoop", "DaemonPeer", "backoff_delay_s", "describe", "refuses_token"]
 
@@ -31,6 +31,8 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 # Ours when we drop a connection to open another (a stalled one): the session lives on.
 CLOSE_RECONNECTING = 4000
+# The daemon's when a frame of ours exceeds its EXAI_WS_MAX_BYTES.
+CLOSE_MESSAGE_TOO_BIG = 1009
 
 
 class DaemonPeer(Protocol):
@@ -46,6 +48,10 @@ class DaemonPeer(Protocol):
     def handle_daemon_frame(self, frame: bytes) -> None: ...
 
     def handle_unauthorized(self, message: str) -> None: ...
+
+    def handle_oversized_frame(self, head: bytes, size: int, limit: int) -> None: ...
+
+    def handle_frame_refused_as_too_large(self, reason: str) -> None: ...
 
 
 class ConnectionLoop:
@@ -92,6 +98,8 @@ class ConnectionLoop:
         self.last_error = describe(exc)
         if isinstance(exc, ConnectionRefusedError) and self.autostarter is not None:
             self.autostarter.maybe_start()
+            if self.autostarter.failure is not None:
+                self.last_error += f"; autostart failed: {self.autostarter.failure}"
         if refuses_token(exc):
             self.peer.handle_unauthorized(
                 f"the daemon at {self.settings.url} refused our token ({self.last_error}): "
@@ -144,11 +152,20 @@ class ConnectionLoop:
     async def _read(self, ws: WebSocket) -> None:
         try:
             while True:
-                self.peer.handle_daemon_frame(await ws.recv())
+                try:
+                    frame = await ws.recv()
+                except MessageTooLarge as exc:
+                    self.peer.handle_oversized_frame(exc.head, exc.size, exc.limit)
+                    continue
+                self.peer.handle_daemon_frame(frame)
         except ConnectionClosed as exc:
             self.last_error = f"connection closed ({exc.code} {exc.reason})".strip()
             if exc.code == CLOSE_GOING_AWAY:
                 log.info("daemon is restarting; reconnecting")
+            elif exc.code == CLOSE_MESSAGE_TOO_BIG and ws.close_received:
+                # Re-sending the request that caused it would only close the next
+                # connection the same way.
+                self.peer.handle_frame_refused_as_too_large(exc.reason)
 
 
 def backoff_delay_s(attempt: int, jitter: float) -> float:

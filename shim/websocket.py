@@ -7,6 +7,7 @@ spawn, which rules out importing aiohttp or websockets.
 __all__ = [
     "ConnectionClosed",
     "HandshakeError",
+    "MessageTooLarge",
     "ProtocolError",
     "WebSocket",
     "connect",
@@ -21,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from shim.wsframes import (
     CLOSE_NO_STATUS,
+    OVERSIZED,
     FrameParser,
     Message,
     Opcode,
@@ -46,6 +48,17 @@ class ConnectionClosed(Exception):
         self.code = code
         self.reason = reason
         super().__init__(f"WebSocket closed: code={code} reason={reason!r}")
+
+
+class MessageTooLarge(Exception):
+    """A message over ``max_message_bytes`` arrived and was skipped; the connection is
+    still open. ``head`` holds its first bytes."""
+
+    def __init__(self, size: int, limit: int, head: bytes) -> None:
+        self.size = size
+        self.limit = limit
+        self.head = head
+        super().__init__(f"a message of {size} bytes exceeds the limit of {limit} bytes")
 
 
 async def connect(
@@ -167,6 +180,11 @@ class WebSocket:
         return self._close_reason
 
     @property
+    def close_received(self) -> bool:
+        """True once the peer's CLOSE arrived: the peer, not we, ended the connection."""
+        return self._close_received
+
+    @property
     def closed(self) -> bool:
         """True once a close frame was sent or received, or the transport is gone."""
         return self._close_sent_code is not None or self._close_received or self._transport_closed
@@ -205,7 +223,8 @@ class WebSocket:
         await self._send_data(encode_frame(Opcode.PING, payload))
 
     async def recv(self) -> bytes:
-        """Return the next TEXT or BINARY payload; raise ``ConnectionClosed`` at the end."""
+        """Return the next TEXT or BINARY payload; raise ``ConnectionClosed`` at the end
+        and ``MessageTooLarge`` for a message over the limit (call again for the next)."""
         async with self._read_lock:
             while True:
                 msg = await self._next_message()
@@ -213,6 +232,10 @@ class WebSocket:
                     if self.closed:
                         continue  # data after we sent CLOSE is discarded (RFC 6455 1.4)
                     return msg.payload
+                if msg.opcode == OVERSIZED:
+                    if self.closed:
+                        continue
+                    raise MessageTooLarge(msg.size, self._parser.max_message_bytes, msg.payload)
                 if msg.opcode == Opcode.PING:
                     if not self.closed:
                         # A failed PONG means the link is gone; the next read reports it.

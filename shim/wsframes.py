@@ -7,6 +7,7 @@ unit-tested byte for byte. The opening handshake is in wshandshake.py.
 
 __all__ = [
     "CLOSE_NO_STATUS",
+    "OVERSIZED",
     "FrameParser",
     "Message",
     "Opcode",
@@ -25,6 +26,10 @@ from typing import NamedTuple
 _MAX_CONTROL_PAYLOAD = 125
 _MASK_CHUNK = 256 * 1024
 CLOSE_NO_STATUS = 1005
+# The `Message.opcode` of a message over the limit that was skipped (no real opcode is
+# wider than 4 bits). Its payload is the message's first bytes: enough to read its id.
+OVERSIZED = 0x100
+OVERSIZED_HEAD_BYTES = 1024
 
 
 class Opcode(IntEnum):
@@ -56,6 +61,8 @@ class Message(NamedTuple):
 
     opcode: int
     payload: bytes
+    # For OVERSIZED: the size of the whole message, whose payload holds only its start.
+    size: int = 0
 
 
 def mask_payload(payload: bytes, mask_key: bytes) -> bytes:
@@ -159,6 +166,8 @@ class FrameParser:
         self._frag_parts: list[bytes] = []
         self._frag_size = 0
         self._error: ProtocolError | None = None
+        # Bytes of an oversized message still to drop as they arrive.
+        self._skip_bytes = 0
 
     def feed(self, data: bytes) -> list[Message]:
         """Add received bytes; return the messages they complete, in order."""
@@ -178,7 +187,14 @@ class FrameParser:
         out: list[Message] = []
         pos = 0
         end = len(buf)
-        while end - pos >= 2:
+        while self._skip_bytes or end - pos >= 2:
+            if self._skip_bytes:
+                dropped = min(self._skip_bytes, end - pos)
+                pos += dropped
+                self._skip_bytes -= dropped
+                if self._skip_bytes:
+                    break
+                continue
             b0 = buf[pos]
             b1 = buf[pos + 1]
             fin = bool(b0 & 0x80)
@@ -198,7 +214,11 @@ class FrameParser:
                 if length >> 63:
                     raise ProtocolError(1002, "64-bit payload length has the high bit set")
                 hdr += 8
-            if opcode not in _CONTROL_OPCODES and self._frag_size + length > self.max_message_bytes:
+            oversized = (
+                opcode not in _CONTROL_OPCODES and self._frag_size + length > self.max_message_bytes
+            )
+            if oversized and (not fin or opcode == Opcode.CONTINUATION):
+                # Part of a fragmented message: parts already taken cannot be skipped.
                 raise ProtocolError(1009, f"message exceeds {self.max_message_bytes} bytes")
             mask_key = None
             if b1 & 0x80:
@@ -207,6 +227,19 @@ class FrameParser:
                     break
                 mask_key = bytes(buf[hdr : hdr + 4])
                 hdr += 4
+            if oversized:
+                # Dropped as it arrives, never buffered, and the connection lives on: one
+                # message too large must not cost the others theirs.
+                head_length = min(length, OVERSIZED_HEAD_BYTES)
+                if end - hdr < head_length:
+                    break
+                head = bytes(buf[hdr : hdr + head_length])
+                if mask_key is not None:
+                    head = mask_payload(head, mask_key)
+                out.append(Message(OVERSIZED, head, length))
+                pos = hdr
+                self._skip_bytes = length
+                continue
             if end - hdr < length:
                 break
             # Via memoryview: one copy instead of two (slice, then bytes()).

@@ -3,6 +3,7 @@ the client, what is held back for the next daemon, what the shim answers itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,10 +34,16 @@ class FakeSocket:
 class Client:
     """A bridge, the lines it wrote to its client, and its current fake connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, rpc_timeout_s: float = 30.0) -> None:
         self.written: list[bytes] = []
-        self.bridge = Bridge(ShimSettings(rpc_timeout_s=30.0), self.written.append)
+        # Set on every line written to the client, for tests that wait for one.
+        self.wrote = asyncio.Event()
+        self.bridge = Bridge(ShimSettings(rpc_timeout_s=rpc_timeout_s), self._write_line)
         self.ws = self.connect(resumed=False)
+
+    def _write_line(self, line: bytes) -> None:
+        self.written.append(line)
+        self.wrote.set()
 
     def connect(self, resumed: bool) -> FakeSocket:
         self.ws = FakeSocket()

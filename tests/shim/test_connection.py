@@ -32,6 +32,7 @@ class Peer:
         self.connected: list[bool] = []
         self.frames: list[bytes] = []
         self.unauthorized: list[str] = []
+        self.refused_as_too_large: list[str] = []
 
     def handle_connected(self, ws: WebSocket, resumed: bool) -> None:
         self.connected.append(resumed)
@@ -44,6 +45,12 @@ class Peer:
 
     def handle_unauthorized(self, message: str) -> None:
         self.unauthorized.append(message)
+
+    def handle_oversized_frame(self, head: bytes, size: int, limit: int) -> None:
+        raise AssertionError("no frame here is over the limit")
+
+    def handle_frame_refused_as_too_large(self, reason: str) -> None:
+        self.refused_as_too_large.append(reason)
 
 
 class FakeDaemon:
@@ -153,6 +160,15 @@ async def test_an_accepted_hello_connects_and_hands_over_frames(start_loop: Star
     await async_wait_for(lambda: peer.frames, 10, "the frame after the hello_ack")
     assert peer.connected == [True]
     assert json.loads(peer.frames[0]) == notification
+
+
+async def test_a_daemon_closing_with_1009_is_reported_as_a_frame_too_large(
+    start_loop: StartLoop,
+) -> None:
+    ack = {"op": "hello_ack", "ok": True, "resumed": False}
+    _, peer, _ = await start_loop(([ack], 1009))
+    await async_wait_for(lambda: peer.refused_as_too_large, 10, "the refusal to be reported")
+    assert peer.refused_as_too_large[0] == "bye"
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import WSMsgType, web
 
-from shim.websocket import ConnectionClosed, HandshakeError, WebSocket, connect
+from shim.websocket import ConnectionClosed, HandshakeError, MessageTooLarge, WebSocket, connect
 from shim.wsframes import FrameParser, Message, Opcode, mask_payload, parse_close
 from shim.wshandshake import accept_for
 
@@ -337,23 +337,27 @@ async def test_headers_reach_server(aiohttp_server: StartAiohttp) -> None:
         await ws.close()
 
 
-async def test_message_too_big_fails_with_1009(aiohttp_server: StartAiohttp) -> None:
-    server_saw: asyncio.Queue[int | None] = asyncio.Queue()
-
+async def test_a_message_too_big_is_skipped_and_the_connection_lives_on(
+    aiohttp_server: StartAiohttp,
+) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         await ws.send_bytes(b"x" * 2048)
+        await ws.send_bytes(b"after")
         await ws.receive()
-        await server_saw.put(ws.close_code)
         return ws
 
     ws = await open_ws(await aiohttp_server(handler), max_message_bytes=1024)
-    with pytest.raises(ConnectionClosed) as ei:
-        await recv(ws)
-    assert ei.value.code == 1009
-    assert ws.close_code == 1009
-    assert await asyncio.wait_for(server_saw.get(), STEP_TIMEOUT_S) == 1009
+    try:
+        with pytest.raises(MessageTooLarge) as ei:
+            await recv(ws)
+        assert (ei.value.size, ei.value.limit) == (2048, 1024)
+        assert ei.value.head == b"x" * 1024
+        assert await recv(ws) == b"after"
+        assert not ws.closed
+    finally:
+        await ws.close()
 
 
 async def test_connect_to_closed_port_raises_oserror() -> None:

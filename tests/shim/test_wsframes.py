@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shim.wsframes import (
+    OVERSIZED,
+    OVERSIZED_HEAD_BYTES,
     FrameParser,
     Message,
     Opcode,
@@ -217,17 +219,42 @@ def test_parser_max_message_bytes() -> None:
     assert FrameParser(10).feed(server_frame(Opcode.TEXT, b"x" * 10)) == [
         Message(Opcode.TEXT, b"x" * 10)
     ]
-    with pytest.raises(ProtocolError) as ei:
-        FrameParser(10).feed(server_frame(Opcode.TEXT, b"x" * 11))
-    assert ei.value.code == 1009
+    assert FrameParser(10).feed(server_frame(Opcode.TEXT, b"x" * 11)) == [
+        Message(OVERSIZED, b"x" * 11, 11)
+    ]
 
 
-def test_parser_max_message_bytes_rejected_from_header_alone() -> None:
-    # Only the header of a huge frame arrives: reject before buffering the body.
+def test_an_oversized_message_is_skipped_and_the_next_one_parsed() -> None:
+    """Skipped as it arrives, a byte at a time or all at once, never buffered whole."""
+    big = b'{"id":7}' + b"y" * (3 * OVERSIZED_HEAD_BYTES)
+    stream = server_frame(Opcode.TEXT, big) + server_frame(Opcode.TEXT, b"next")
+    for step in (1, 7, 1000, len(stream)):
+        parser = FrameParser(100)
+        out: list[Message] = []
+        for start in range(0, len(stream), step):
+            out += parser.feed(stream[start : start + step])
+            assert len(parser._buf) <= OVERSIZED_HEAD_BYTES + 14
+        assert out == [
+            Message(OVERSIZED, big[:OVERSIZED_HEAD_BYTES], len(big)),
+            Message(Opcode.TEXT, b"next"),
+        ]
+
+
+def test_an_oversized_masked_message_reports_its_unmasked_head() -> None:
+    frame = server_frame(Opcode.BINARY, b"z" * 200, mask_key=b"\x01\x02\x03\x04")
+    assert FrameParser(100).feed(frame) == [Message(OVERSIZED, b"z" * 200, 200)]
+
+
+def test_parser_max_message_bytes_never_buffers_a_huge_body() -> None:
+    # Only the header of a huge frame and a little of its body arrive: nothing is kept
+    # beyond the first bytes it reports.
     head = server_frame(Opcode.BINARY, b"", length_override=1 << 40)
-    with pytest.raises(ProtocolError) as ei:
-        FrameParser(MiB).feed(head)
-    assert ei.value.code == 1009
+    parser = FrameParser(MiB)
+    assert parser.feed(head) == []
+    [skipped] = parser.feed(b"b" * (2 * OVERSIZED_HEAD_BYTES))
+    assert skipped == Message(OVERSIZED, b"b" * OVERSIZED_HEAD_BYTES, 1 << 40)
+    assert parser.feed(b"b" * MiB) == []
+    assert len(parser._buf) == 0
 
 
 def test_parser_max_message_bytes_across_fragments() -> None:
