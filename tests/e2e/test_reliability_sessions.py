@@ -173,8 +173,6 @@ class RestartOutcome:
     shim: ShimDriver
     unsafe: JsonObj
     safe: JsonObj
-    down: JsonObj
-    down_waited_s: float
     fresh: JsonObj
     counts: dict[str, int]
 
@@ -186,7 +184,9 @@ async def _restart(daemon_factory: DaemonFactory, tmp_path: Path) -> RestartOutc
     port = first.port
     counts = tmp_path / "counts.txt"
     rec = str(counts)
-    rpc_timeout_s = 3.0
+    # Long enough for daemon B to come up: a call cut by the stop waits at most this
+    # long for a daemon to take it again (then it is answered UNAVAILABLE).
+    rpc_timeout_s = scaled(15.0)
     async with shim_drivers(tmp_path) as start:
         shim = await start(first.shim_env(EXAI_SHIM_RPC_TIMEOUT=f"{rpc_timeout_s:g}"))
         await shim.initialize()
@@ -198,12 +198,6 @@ async def _restart(daemon_factory: DaemonFactory, tmp_path: Path) -> RestartOutc
         safe = await shim.call("record_idempotent", {"key": "safe", "seconds": 2, "path": rec})
         await async_wait_for(_started(counts, "unsafe", "safe"), 15, "both calls to start")
         assert first.stop() == 0
-
-        # No daemon at all: a new call waits EXAI_SHIM_RPC_TIMEOUT, then gives up.
-        t0 = time.monotonic()
-        down = await shim.response(await shim.call("echo", {"text": "nobody home"}))
-        waited = time.monotonic() - t0
-
         second = daemon_factory(workers=2, args=COUNTING_ARGS, env=env, port=port)
         assert second.port == port
         safe_answer = await shim.response(safe)
@@ -216,8 +210,6 @@ async def _restart(daemon_factory: DaemonFactory, tmp_path: Path) -> RestartOutc
         shim,
         unsafe_answer,
         safe_answer,
-        down,
-        waited,
         fresh,
         read_counts(counts),
     )
@@ -232,14 +224,11 @@ async def test_daemon_restart_resends_idempotent_calls_and_never_reruns_others(
     assert "result" not in seen.unsafe
     assert rpc_error(seen.unsafe).get("data", {}).get("code") in TYPED_CODES
     assert rpc_text(seen.fresh) == "recorded fresh"
-    error = rpc_error(seen.down)
-    assert f"ws://127.0.0.1:{seen.port}" in error["message"], error
-    assert seen.rpc_timeout_s * 0.8 <= seen.down_waited_s <= scaled(seen.rpc_timeout_s + 5)
     shim = seen.shim
     assert not any(str(r.get("id", "")).startswith("exai-shim-replay") for r in shim.responses), (
         "the shim leaked the answer to its replayed initialize"
     )
-    for response in (seen.unsafe, seen.safe, seen.down, seen.fresh):
+    for response in (seen.unsafe, seen.safe, seen.fresh):
         assert shim.count(response["id"]) == 1
     # The unsafe call ran once (on A) and was not re-run; the idempotent one ran on both.
     assert seen.counts == {"ok": 1, "unsafe": 1, "safe": 2, "fresh": 1}
@@ -262,8 +251,11 @@ async def test_call_while_no_daemon_runs_is_typed_unavailable(tmp_path: Path) ->
     env = base_env(EXAI_WS_HOST="127.0.0.1", EXAI_WS_PORT=str(port), EXAI_SHIM_RPC_TIMEOUT="1")
     async with shim_drivers(tmp_path) as start:
         shim = await start(env)
+        started = time.monotonic()
         rid = await shim.call("echo", {"text": "anyone?"})
         error = rpc_error(await shim.response(rid))
+        waited_s = time.monotonic() - started
+        assert 0.8 <= waited_s <= scaled(1 + 5), waited_s  # about EXAI_SHIM_RPC_TIMEOUT
         assert f"ws://127.0.0.1:{port}" in error["message"]
         assert error["code"] == UNAVAILABLE, error
         assert error.get("data", {}).get("code") == "UNAVAILABLE"
