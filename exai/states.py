@@ -26,17 +26,19 @@ class IllegalMove(RuntimeError, Generic[S]):
 
 
 class Transitions(Generic[S]):
-    """state -> the states it may move to."""
+    """state -> the states it may move to.
 
-    __slots__ = ("_allowed",)
+    `table` is read directly on hot paths (a dict lookup and a set test per move);
+    the error is built only when a move is refused.
+    """
+
+    __slots__ = ("table",)
 
     def __init__(self, allowed: Mapping[S, Iterable[S]]) -> None:
-        self._allowed = {state: frozenset(targets) for state, targets in allowed.items()}
+        self.table: dict[S, frozenset[S]] = {
+            state: frozenset(targets) for state, targets in allowed.items()
+        }
 
-    def check(self, what: str, from_state: S, to_state: S) -> None:
-        """Raise IllegalMove unless `from_state -> to_state` is in the table."""
-        if to_state not in self._allowed[from_state]:
-            raise IllegalMove(what, from_state, to_state)
-
-    def targets(self, state: S) -> frozenset[S]:
-        return self._allowed[state]
+    def refuse(self, what: str, from_state: S, to_state: S) -> IllegalMove[S]:
+        """The error for a move the table does not allow (raise it)."""
+        return IllegalMove(what, from_state, to_state)

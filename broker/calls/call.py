@@ -73,6 +73,7 @@ MOVES: Transitions[CallState] = Transitions(
         _S.DONE: (),
     }
 )
+_TABLE = MOVES.table
 
 
 class PendingCall(msgspec.Struct, eq=False):
@@ -121,6 +122,7 @@ def move(call: PendingCall, to_state: CallState) -> CallState:
     Raises IllegalMove, leaving the call as it was, when the table does not allow it.
     """
     from_state = call.state
-    MOVES.check(f"call {call.call_id}", from_state, to_state)
+    if to_state not in _TABLE[from_state]:
+        raise MOVES.refuse(f"call {call.call_id}", from_state, to_state)
     call.state = to_state
     return from_state

@@ -131,6 +131,7 @@ def move(handle: WorkerHandle, to_state: WorkerState) -> WorkerState:
     Raises IllegalMove, leaving the handle as it was, when the table does not allow it.
     """
     from_state = handle.state
-    MOVES.check(f"worker {handle.slot}", from_state, to_state)
+    if to_state not in MOVES.table[from_state]:
+        raise MOVES.refuse(f"worker {handle.slot}", from_state, to_state)
     handle.state = to_state
     return from_state
