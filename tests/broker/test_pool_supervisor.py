@@ -29,7 +29,7 @@ from broker.pool.supervisor import (
 )
 from exai.exits import ExitCode
 from exai.framing import FrameDecoder, FramingError
-from exai.ipc import BrokerMessage, Cancel, Heartbeat, Ready, Result, Shutdown
+from exai.ipc import BrokerMessage, Cancel, Heartbeat, Ready, Recycle, Result, Shutdown
 from tests.conftest import async_wait_for
 
 STEP_S = 5.0
@@ -502,3 +502,37 @@ def test_workers_get_the_folder_that_holds_the_code_on_their_path() -> None:
     assert (Path(root) / "broker" / "pool" / "supervisor.py").is_file()
     assert rest == "/elsewhere"
     assert (env["A"], env["B"], env["PYTHONUNBUFFERED"]) == ("2", "3", "1")
+
+
+# --- a worker asking to be replaced (its tool threads are stranded) ------------------
+
+
+async def test_a_recycle_request_drains_the_worker_then_replaces_it(
+    pools: Callable[..., Pool],
+) -> None:
+    """Even the only worker drains: its later calls would fail, so it must be replaced."""
+    pool = pools(1)
+    await pool.supervisor.start(timeout_s=STEP_S)
+    old = pool.process(0)
+    handle = pool.workers[0]
+    handle.calls.add(7)
+    old.events.handle_message(Recycle("stranded threads"))
+    assert handle.state is WorkerState.DRAINING and not handle.live
+    assert old.sent(Shutdown) == [], "a call is still running"
+    assert pool.messages == [], "the request is the supervisor's, not the call path's"
+    old.events.handle_message(Result(7, b"{}"))
+    assert handle.state is WorkerState.STOPPING
+    fresh = await pool.replaced(0, old)
+    assert old.sent(Shutdown) == [Shutdown(1.0)]
+    assert pool.lost == [(0, set(), f"worker process {old.pid} exited (code 0)")]
+    assert fresh.pid != old.pid
+
+
+async def test_an_idle_worker_that_asks_is_replaced_at_once(pools: Callable[..., Pool]) -> None:
+    pool = pools(2)
+    await pool.supervisor.start(timeout_s=STEP_S)
+    old = pool.process(1)
+    old.events.handle_message(Recycle("stranded threads"))
+    assert pool.workers[1].state is WorkerState.STOPPING
+    await pool.replaced(1, old)
+    assert pool.workers[0].state is WorkerState.READY
