@@ -11,12 +11,24 @@ import dataclasses
 import enum
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from exai.net import is_loopback_host, ws_url
+from exai.values import (
+    SettingsError,
+    boolean,
+    folder,
+    integer,
+    names,
+    number,
+    origins,
+    read_token_file,
+    text,
+    token,
+    valid_token,
+)
 
 __all__ = [
     "DEFAULT_PROVIDER_CAPS",
@@ -38,10 +50,6 @@ DEFAULT_PROVIDER_CAPS = {"kimi": 6, "glm": 4}
 _PROVIDER_CAP_RE = re.compile(r"^EXAI_WS_([A-Z0-9]+)_MAX_INFLIGHT$")
 _NOT_PROVIDERS = {"SESSION", "GLOBAL"}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class SettingsError(ValueError):
-    """An invalid configuration value; the message is the one line the user sees."""
 
 
 class Isolation(enum.StrEnum):
@@ -141,103 +149,7 @@ class ShimSettings:
         return ws_url(self.host, self.port)
 
 
-# --- value parsers: each returns the parsed value or raises ValueError("expected ...") ---
-
-
-def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw.strip(), 10)
-        except ValueError:
-            raise ValueError(_expected_int(lo, hi)) from None
-        if value < lo or (hi is not None and value > hi):
-            raise ValueError(_expected_int(lo, hi))
-        return value
-
-    return parse
-
-
-def _expected_int(lo: int, hi: int | None) -> str:
-    return (
-        f"expected an integer from {lo} to {hi}"
-        if hi is not None
-        else f"expected an integer >= {lo}"
-    )
-
-
-def _float(lo: float, *, exclusive: bool = False) -> Callable[[str], float]:
-    what = f"expected a number {'>' if exclusive else '>='} {lo:g}"
-
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ValueError(what) from None
-        if value != value or value < lo or (exclusive and value == lo) or value == float("inf"):
-            raise ValueError(what)
-        return value
-
-    return parse
-
-
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
-
-
-def _str(raw: str) -> str:
-    return raw.strip()
-
-
-def _folder(raw: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise ValueError("expected a folder path")
-    return value
-
-
-def valid_token(value: str) -> bool:
-    """Could `value` be sent as a token? It travels in an HTTP header (Authorization or
-    the query string), where only printable ASCII arrives intact: nothing else, and no
-    whitespace."""
-    return all("!" <= c <= "~" for c in value)
-
-
-def read_token_file(path: str, flag: str) -> str:
-    """The token in the file at `path` ("-": one line of standard input), for `flag`.
-
-    A token given this way stays off the command line, where any local user can read
-    it (/proc/PID/cmdline, ps). The token itself is never put in an error message.
-    """
-    source = "standard input" if path == "-" else path
-    try:
-        text = sys.stdin.readline() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsError(f"{flag}: {source}: cannot read it ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise SettingsError(f"{flag}: {source}: not UTF-8 text") from None
-    value = text.strip()
-    if not value:
-        raise SettingsError(f"{flag}: {source}: no token in it")
-    return value
-
-
-def _token(raw: str) -> str:
-    # A token with inner whitespace is almost always a pasted comment or a typo, and
-    # it could never be sent in an Authorization header.
-    value = raw.strip()
-    if any(c.isspace() for c in value):
-        raise ValueError("expected a token without whitespace (is there a comment on that line?)")
-    if not valid_token(value):
-        raise ValueError(
-            "expected a token of printable ASCII characters only "
-            "(it is sent in an HTTP header, where other characters cannot be matched)"
-        )
-    return value
+# --- parsers of the settings' own types (the general ones are in exai.values) ---
 
 
 def _log_level(raw: str) -> str:
@@ -275,67 +187,59 @@ def _pool(raw: str) -> tuple[PoolKind, str | None]:
     raise ValueError("expected local, ray, or ray:ADDRESS (a Ray cluster, e.g. ray:10.0.0.5:6379)")
 
 
-def _names(raw: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in raw.split(",") if n.strip())
-
-
-def _origins(raw: str) -> tuple[str, ...]:
-    return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
-
-
 _DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "EXAI_WS_HOST": ("host", _str),
-    "EXAI_WS_PORT": ("port", _int(0, 65535)),
-    "EXAI_WS_TOKEN": ("token", _token),
-    "EXAI_WS_MAX_BYTES": ("max_frame_bytes", _int(1024)),
-    "EXAI_WS_PING_INTERVAL": ("ping_interval_s", _float(0, exclusive=True)),
-    "EXAI_WS_PING_TIMEOUT": ("ping_timeout_s", _float(0, exclusive=True)),
-    "EXAI_WS_HELLO_TIMEOUT": ("hello_timeout_s", _float(0, exclusive=True)),
-    "EXAI_WS_CALL_TIMEOUT": ("call_timeout_s", _float(0, exclusive=True)),
-    "EXAI_WS_SESSION_MAX_INFLIGHT": ("session_max_inflight", _int(1)),
-    "EXAI_WS_GLOBAL_MAX_INFLIGHT": ("global_max_inflight", _int(1)),
-    "EXAI_WS_QUEUE_TIMEOUT": ("queue_timeout_s", _float(0)),
-    "EXAI_WS_QUEUE_MAX_DEPTH": ("queue_max_depth", _int(1)),
-    "EXAI_WS_RESUME_GRACE": ("resume_grace_s", _float(0)),
-    "EXAI_WS_SEND_BUFFER_BYTES": ("send_buffer_bytes", _int(65536)),
-    "EXAI_WS_ALLOWED_ORIGINS": ("allowed_origins", _origins),
-    "EXAI_WORKERS": ("workers", _int(1, 256)),
-    "EXAI_LOG_DIR": ("log_dir", _folder),
+    "EXAI_WS_HOST": ("host", text),
+    "EXAI_WS_PORT": ("port", integer(0, 65535)),
+    "EXAI_WS_TOKEN": ("token", token),
+    "EXAI_WS_MAX_BYTES": ("max_frame_bytes", integer(1024)),
+    "EXAI_WS_PING_INTERVAL": ("ping_interval_s", number(0, exclusive=True)),
+    "EXAI_WS_PING_TIMEOUT": ("ping_timeout_s", number(0, exclusive=True)),
+    "EXAI_WS_HELLO_TIMEOUT": ("hello_timeout_s", number(0, exclusive=True)),
+    "EXAI_WS_CALL_TIMEOUT": ("call_timeout_s", number(0, exclusive=True)),
+    "EXAI_WS_SESSION_MAX_INFLIGHT": ("session_max_inflight", integer(1)),
+    "EXAI_WS_GLOBAL_MAX_INFLIGHT": ("global_max_inflight", integer(1)),
+    "EXAI_WS_QUEUE_TIMEOUT": ("queue_timeout_s", number(0)),
+    "EXAI_WS_QUEUE_MAX_DEPTH": ("queue_max_depth", integer(1)),
+    "EXAI_WS_RESUME_GRACE": ("resume_grace_s", number(0)),
+    "EXAI_WS_SEND_BUFFER_BYTES": ("send_buffer_bytes", integer(65536)),
+    "EXAI_WS_ALLOWED_ORIGINS": ("allowed_origins", origins),
+    "EXAI_WORKERS": ("workers", integer(1, 256)),
+    "EXAI_LOG_DIR": ("log_dir", folder),
     "EXAI_LOG_LEVEL": ("log_level", _log_level),
     "EXAI_LOG_FORMAT": ("log_format", _choice(LogFormat)),
-    "EXAI_LOG_MAX_BYTES": ("log_max_bytes", _int(1024)),
-    "EXAI_LOG_BACKUPS": ("log_backups", _int(0, 100)),
-    "EXAI_DIAGNOSTIC_TOOLS": ("diagnostic_tools", _bool),
-    "EXAI_SERVER": ("server", _str),
-    "DEFAULT_MODEL": ("default_model", _str),
-    "EXAI_METRICS_MAX_BYTES": ("metrics_max_bytes", _int(4096)),
-    "EXAI_METRICS_BACKUPS": ("metrics_backups", _int(0, 100)),
-    "EXAI_METRICS_QUEUE_MAX": ("metrics_queue_max", _int(1)),
-    "EXAI_HEALTH_INTERVAL": ("health_interval_s", _float(0, exclusive=True)),
-    "EXAI_SHUTDOWN_GRACE": ("shutdown_grace_s", _float(0)),
-    "EXAI_WORKER_HEARTBEAT_INTERVAL": ("heartbeat_interval_s", _float(0, exclusive=True)),
-    "EXAI_WORKER_HEARTBEAT_TIMEOUT": ("heartbeat_timeout_s", _float(0, exclusive=True)),
-    "EXAI_MAX_CALLS_PER_WORKER": ("max_calls_per_worker", _int(0)),
-    "EXAI_WS_MAX_CONNECTIONS": ("max_connections", _int(1)),
-    "EXAI_SERVER_CMD": ("server_cmd", _str),
+    "EXAI_LOG_MAX_BYTES": ("log_max_bytes", integer(1024)),
+    "EXAI_LOG_BACKUPS": ("log_backups", integer(0, 100)),
+    "EXAI_DIAGNOSTIC_TOOLS": ("diagnostic_tools", boolean),
+    "EXAI_SERVER": ("server", text),
+    "DEFAULT_MODEL": ("default_model", text),
+    "EXAI_METRICS_MAX_BYTES": ("metrics_max_bytes", integer(4096)),
+    "EXAI_METRICS_BACKUPS": ("metrics_backups", integer(0, 100)),
+    "EXAI_METRICS_QUEUE_MAX": ("metrics_queue_max", integer(1)),
+    "EXAI_HEALTH_INTERVAL": ("health_interval_s", number(0, exclusive=True)),
+    "EXAI_SHUTDOWN_GRACE": ("shutdown_grace_s", number(0)),
+    "EXAI_WORKER_HEARTBEAT_INTERVAL": ("heartbeat_interval_s", number(0, exclusive=True)),
+    "EXAI_WORKER_HEARTBEAT_TIMEOUT": ("heartbeat_timeout_s", number(0, exclusive=True)),
+    "EXAI_MAX_CALLS_PER_WORKER": ("max_calls_per_worker", integer(0)),
+    "EXAI_WS_MAX_CONNECTIONS": ("max_connections", integer(1)),
+    "EXAI_SERVER_CMD": ("server_cmd", text),
     "EXAI_ISOLATION": ("isolation", _choice(Isolation)),
-    "EXAI_SESSION_IDLE_TIMEOUT": ("session_idle_timeout_s", _float(0, exclusive=True)),
-    "EXAI_SESSION_INSTANCES_MAX": ("session_instances_max", _int(1)),
-    "EXAI_MODEL_TOOLS": ("model_tools", _names),
+    "EXAI_SESSION_IDLE_TIMEOUT": ("session_idle_timeout_s", number(0, exclusive=True)),
+    "EXAI_SESSION_INSTANCES_MAX": ("session_instances_max", integer(1)),
+    "EXAI_MODEL_TOOLS": ("model_tools", names),
     # Two fields, split in load_settings; `Settings.pool` spells them as one again.
     "EXAI_POOL": ("pool", _pool),
-    "EXAI_RAY_LEASE_TTL": ("ray_lease_ttl_s", _float(1)),
-    "EXAI_RAY_ACTOR_CPUS": ("ray_actor_cpus", _float(0)),
+    "EXAI_RAY_LEASE_TTL": ("ray_lease_ttl_s", number(1)),
+    "EXAI_RAY_ACTOR_CPUS": ("ray_actor_cpus", number(0)),
 }
 
 _SHIM_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "EXAI_WS_HOST": ("host", _str),
-    "EXAI_WS_PORT": ("port", _int(1, 65535)),
-    "EXAI_WS_TOKEN": ("token", _token),
-    "EXAI_SHIM_RPC_TIMEOUT": ("rpc_timeout_s", _float(0, exclusive=True)),
-    "EXAI_WS_MAX_BYTES": ("max_frame_bytes", _int(1024)),
-    "EXAI_SHIM_AUTOSTART": ("autostart", _bool),
-    "EXAI_LOG_DIR": ("log_dir", _folder),
+    "EXAI_WS_HOST": ("host", text),
+    "EXAI_WS_PORT": ("port", integer(1, 65535)),
+    "EXAI_WS_TOKEN": ("token", token),
+    "EXAI_SHIM_RPC_TIMEOUT": ("rpc_timeout_s", number(0, exclusive=True)),
+    "EXAI_WS_MAX_BYTES": ("max_frame_bytes", integer(1024)),
+    "EXAI_SHIM_AUTOSTART": ("autostart", boolean),
+    "EXAI_LOG_DIR": ("log_dir", folder),
 }
 
 # CLI flag -> environment variable it overrides, so flags and variables share one parser.
@@ -391,7 +295,7 @@ def _parse_fields(
 
 def _provider_caps(environ: Mapping[str, str]) -> dict[str, int]:
     caps = dict(DEFAULT_PROVIDER_CAPS)
-    parse = _int(1)
+    parse = integer(1)
     for var, raw in environ.items():
         match = _PROVIDER_CAP_RE.match(var)
         if not match or match.group(1) in _NOT_PROVIDERS:
