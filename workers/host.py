@@ -94,7 +94,7 @@ def load_tool_server(settings: Settings, environ: Mapping[str, str]) -> ToolServ
         )
     spec = settings.server
     if not spec:
-        from workers.builtin import BuiltinTools
+        from workers.builtin.tools import BuiltinTools
 
         return BuiltinTools(settings, environ)
     module_name, _, attr = spec.partition(":")

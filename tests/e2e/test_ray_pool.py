@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -200,8 +201,13 @@ async def test_killed_actor_is_worker_lost_then_the_pool_heals(
         for i in range(5):
             assert rpc_text(await client.call("echo", {"text": str(i)})) == str(i)
 
+        rounds = itertools.count()
+
         async def two_hosts_again() -> bool:
-            pids = {await _pid_of(client, f"after-{i}") for i in range(6)}
+            # Fresh conversations each round: ones placed while the host was still down
+            # stay (rightly) pinned to the other host.
+            n = next(rounds)
+            pids = {await _pid_of(client, f"after-{n}-{i}") for i in range(6)}
             return len(pids) == 2 and victim not in pids
 
         await async_wait_for(two_hosts_again, STEP_S, "Ray to restart the killed actor")

@@ -8,7 +8,7 @@ import pytest
 
 from exai.settings import Isolation, load_settings
 from workers.__main__ import load_server
-from workers.builtin import BuiltinTools
+from workers.builtin.tools import BuiltinTools
 from workers.host import ModuleToolServer, load_tool_server
 from workers.mcp_host import ClientToolServer
 from workers.ray_pool import RayToolPool
