@@ -74,7 +74,6 @@ class ServerTraffic:
         session: Callable[[str], SessionLike | None],
         levels: LogLevels,
         subscriptions: Subscriptions,
-        can_answer: Callable[[HostedInstance, str], bool] = lambda _i, _s: True,
     ) -> None:
         self.server_name = server_name
         self._owner_of = owner_of
@@ -83,7 +82,6 @@ class ServerTraffic:
         self._session = session
         self._levels = levels
         self._subscriptions = subscriptions
-        self._can_answer = can_answer
         self._next_ask = 0
         # (session id, the id the client saw) -> (instance, the relay's ask id)
         self._asks: dict[tuple[str, bytes], tuple[HostedInstance, int]] = {}
@@ -121,12 +119,12 @@ class ServerTraffic:
     def handle_ask(self, instance: HostedInstance, ask: Ask) -> None:
         target = self._single_target(instance)
         session = self._session(target) if target is not None else None
-        if session is None or session.closed or not self._can_answer(instance, target or ""):
+        if session is None or session.closed:
             why = (
                 "no single client session can answer it (requests of several sessions are "
                 "in flight on this shared instance)"
                 if target is None
-                else "the client session that would answer it cannot take server requests"
+                else "the client session that would answer it is gone"
             )
             log.warning(
                 "%s: refused %s: %s; run servers that sample, elicit or ask for roots "

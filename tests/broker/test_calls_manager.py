@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -233,16 +233,6 @@ class Broker:
 
     def outcomes(self) -> list[str]:
         return [r.outcome for r in self.records]
-
-
-@pytest.fixture
-def loop() -> Iterator[VirtualLoop]:
-    """A virtual-clock loop, closed afterwards."""
-    event_loop = VirtualLoop()
-    try:
-        yield event_loop
-    finally:
-        event_loop.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ closed. Replies are checked byte for byte where clients or the shim match on byt
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -81,16 +80,6 @@ class Front:
         self.feed(peer, {"op": "hello", "session_id": session_id, **fields})
         assert peer.frames[0]["ok"] is True, peer.frames
         return peer
-
-
-@pytest.fixture
-def loop() -> Iterator[VirtualLoop]:
-    """A virtual-clock loop (see test_calls_manager.py), closed afterwards."""
-    event_loop = VirtualLoop()
-    try:
-        yield event_loop
-    finally:
-        event_loop.close()
 
 
 @pytest.fixture
