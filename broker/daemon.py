@@ -26,6 +26,9 @@ from broker.calls.catalog import Catalog
 from broker.calls.manager import CallManager, CallRecord
 from broker.calls.scheduler import Scheduler
 from broker.calls.session import SessionRegistry
+from broker.hosting.command import command_argv, server_environment, server_label
+from broker.hosting.hub import Hosting
+from broker.hosting.instance import HandshakeError
 from broker.lifecycle import Lifecycle, Part
 from broker.observe.calllog import MetricsWriter
 from broker.observe.files import HEALTH_FILE, METRICS_FILE
@@ -35,7 +38,7 @@ from broker.observe.recent import RecentStats
 from broker.observe.snapshot import take_snapshot
 from broker.pool.supervisor import PoolFailure, Supervisor, WorkerHandle, worker_environment
 from broker.router.codec import Dialect, FrameCodec
-from broker.router.router import FrameRouter
+from broker.router.router import SERVER_INFO, FrameRouter
 from broker.web.app import create_app
 from broker.web.auth import Auth
 from broker.web.clients import Clients
@@ -58,6 +61,10 @@ WORKER_STOP_GRACE_S = 1.0
 FAILED_POOL_STOP_GRACE_S = 0.5
 METRICS_FLUSH_TIMEOUT_S = 10.0
 REAP_INTERVAL_S = 1.0
+
+
+class ServerStartFailure(RuntimeError):
+    """The hosted server did not start: the daemon does not serve without it."""
 
 
 async def serve(settings: Settings, environ: Mapping[str, str]) -> int:
@@ -102,8 +109,10 @@ class Daemon:
             queue_max_depth=settings.queue_max_depth,
         )
         self.supervisor = Supervisor(
-            # A Ray pool is one bridge process that spreads calls over its own actors.
-            size=settings.workers if settings.pool == "local" else 1,
+            # A Ray pool is one bridge process that spreads calls over its own actors. A
+            # `--server-cmd` server is hosted by the daemon itself, which owns its pipes:
+            # no worker is on a call's path, and the pool has nothing to run.
+            size=0 if settings.server_cmd else settings.workers if settings.pool == "local" else 1,
             env=worker_environment(environ, worker_overrides(settings)),
             on_ready=self._worker_ready,
             on_message=lambda w, m: self.calls.handle_worker_message(w, m),
@@ -119,9 +128,12 @@ class Daemon:
             settings, self.scheduler, self.supervisor, self.codec, self._record
         )
         self.sessions = SessionRegistry(settings.resume_grace_s, settings.send_buffer_bytes)
+        self.hosting = self._hosting(settings, environ) if settings.server_cmd else None
         self.router = FrameRouter(
-            settings, self.codec, self.calls, self.sessions, self.auth, self.snapshot
+            settings, self.codec, self.calls, self.sessions, self.auth, self.snapshot, self.hosting
         )
+        if self.hosting is not None:
+            self._connect_hosting(self.hosting)
         self.prometheus = PrometheusMetrics(self.snapshot)
         self.health = HealthFile(log_dir / HEALTH_FILE, self.snapshot, settings.health_interval_s)
         self.clients = Clients(settings.max_connections)
@@ -148,6 +160,7 @@ class Daemon:
             Part("metrics writer", self._metrics_writer),
             Part("web app", self._web_app),
             Part("worker pool", self._worker_pool),
+            Part("hosted server", self._hosted_server),
             Part("clients", self._clients),
             Part("calls", self._calls),
             Part("listener", self._listener),
@@ -173,6 +186,8 @@ class Daemon:
                 await self._stop.wait()
         except PoolFailure:
             return ExitCode.POOL_FAILED
+        except ServerStartFailure:
+            return ExitCode.WORKER_LOAD_FAILED
         log.info("stopped")
         return ExitCode.POOL_FAILED if self._fatal else ExitCode.OK
 
@@ -246,6 +261,9 @@ class Daemon:
 
     @contextlib.asynccontextmanager
     async def _worker_pool(self) -> AsyncIterator[None]:
+        if not self.supervisor.workers:
+            yield
+            return
         try:
             await self.supervisor.start()
         except PoolFailure as exc:
@@ -256,6 +274,23 @@ class Daemon:
             yield
         finally:
             await self.supervisor.stop(grace_s=WORKER_STOP_GRACE_S)
+
+    @contextlib.asynccontextmanager
+    async def _hosted_server(self) -> AsyncIterator[None]:
+        hosting = self.hosting
+        if hosting is None:
+            yield
+            return
+        try:
+            await hosting.start()
+        except HandshakeError as exc:
+            log.error("hosted server failed to start: %s", exc)
+            await hosting.stop()
+            raise ServerStartFailure(str(exc)) from None
+        try:
+            yield
+        finally:
+            await hosting.stop()
 
     @contextlib.asynccontextmanager
     async def _clients(self) -> AsyncIterator[None]:
@@ -302,6 +337,42 @@ class Daemon:
             # A pool that failed for good has nothing left to drain.
             if not self._fatal:
                 await self.calls.wait_idle(self.settings.shutdown_grace_s)
+
+    # --- the hosted server -----------------------------------------------------------
+
+    def _hosting(self, settings: Settings, environ: Mapping[str, str]) -> Hosting:
+        argv = command_argv(settings.server_cmd)
+        return Hosting(
+            server_label(argv),
+            argv,
+            env=server_environment(environ),
+            isolation=settings.isolation,
+            # Under `--workers N` the shared server runs N instances, as it did when each
+            # worker hosted one: the least busy takes each request.
+            instances=settings.workers,
+            idle_timeout_s=settings.session_idle_timeout_s,
+            max_instances=settings.session_instances_max,
+            max_line_bytes=settings.max_frame_bytes,
+            session=self.sessions.sessions.get,
+            all_sessions=lambda: list(self.sessions.sessions.values()),
+            session_of_call=self._session_of_call,
+            own_info=SERVER_INFO,
+        )
+
+    def _connect_hosting(self, hosting: Hosting) -> None:
+        calls = self.calls
+        calls.forwarder = hosting
+        hosting.on_reply = calls.handle_reply
+        hosting.on_progress = calls.handle_hosted_progress
+        hosting.on_lost = calls.handle_hosted_lost
+        hosting.on_ready = calls.retry_held
+        hosting.on_tools = lambda tools: setattr(
+            calls, "catalog", Catalog.from_tools(tools, hosting.name)
+        )
+
+    def _session_of_call(self, call_id: int) -> str | None:
+        call = self.calls.calls.get(call_id)
+        return call.session.id if call is not None else None
 
     # --- callbacks -------------------------------------------------------------------
 

@@ -151,6 +151,10 @@ class Relay:
         if server_id is not None:
             self._pending.pop(server_id, None)
 
+    def in_flight(self) -> int:
+        """How many requests the server has not answered yet."""
+        return len(self._by_handle)
+
     def pending(self) -> Iterable[int]:
         """The handles the server has not answered yet."""
         return self._by_handle.keys()

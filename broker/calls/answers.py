@@ -32,8 +32,10 @@ from exai.ipc import Progress, Result
 __all__ = [
     "AnswerFrames",
     "MalformedResult",
+    "is_tool_error",
     "over_capacity",
     "queue_wait_expired",
+    "server_error",
     "timed_out",
     "too_large",
     "worker_error",
@@ -47,7 +49,24 @@ class _ToolResult(msgspec.Struct):
     structuredContent: Any = None
 
 
+class _IsError(msgspec.Struct):
+    isError: Any = None
+
+
+class _ProgressParams(msgspec.Struct):
+    progress: float = 0.0
+    total: float | None = None
+    message: str | None = None
+
+
+class _ServerError(msgspec.Struct):
+    message: Any = ""
+
+
 _TOOL_RESULT = msgspec.json.Decoder(_ToolResult)
+_IS_ERROR = msgspec.json.Decoder(_IsError)
+_PROGRESS = msgspec.json.Decoder(_ProgressParams)
+_SERVER_ERROR = msgspec.json.Decoder(_ServerError)
 # An alias: looking a member up on an Enum class costs a descriptor call per answer.
 _OP = Dialect.OP
 
@@ -82,7 +101,7 @@ class AnswerFrames:
         """
         if call.dialect is not _OP:
             if call.modern:
-                payload = stamp_result(payload, "tools/call")
+                payload = stamp_result(payload, call.method or "tools/call")
             # What codec.result encodes, spliced: both the id and the result are raw JSON.
             return b'{"jsonrpc":"2.0","id":' + call.request_id + b',"result":' + payload + b"}"
         try:
@@ -99,6 +118,19 @@ class AnswerFrames:
                 call.request_id, outputs, text, result.isError, result.structuredContent, failure
             )
         )
+
+    def raw_error(self, request_id: msgspec.Raw, error: bytes) -> bytes:
+        """A JSON-RPC error answer carrying a hosted server's error object as it was."""
+        return b'{"jsonrpc":"2.0","id":' + request_id + b',"error":' + error + b"}"
+
+    def forwarded_progress(self, call: PendingCall, params: bytes) -> bytes:
+        """A hosted server's progress (its params carry the client's token already)."""
+        if call.dialect is _OP:
+            note = _PROGRESS.decode(params)
+            return self._codec.encode(
+                ProgressNote(call.request_id, note.progress, note.total, note.message)
+            )
+        return b'{"jsonrpc":"2.0","method":"notifications/progress","params":' + params + b"}"
 
     def error(self, dialect: Dialect, request_id: msgspec.Raw, exc: BrokerError) -> bytes:
         """The answer of a call that ended with `exc` instead of a tool result."""
@@ -119,6 +151,27 @@ class AnswerFrames:
 
 
 # --- why a call failed ---------------------------------------------------------------
+
+
+def is_tool_error(result: bytes) -> bool:
+    """True for a CallToolResult with `"isError": true` (counted as EXEC_ERROR)."""
+    try:
+        return _IS_ERROR.decode(result).isError is True
+    except msgspec.DecodeError:
+        return False
+
+
+def server_error(error: bytes) -> BrokerError:
+    """A hosted server's JSON-RPC error, for metrics and for op clients."""
+    try:
+        message = _SERVER_ERROR.decode(error).message
+    except msgspec.DecodeError:
+        message = ""
+    return ServerError(str(message) or "the hosted server answered with an error")
+
+
+class ServerError(BrokerError):
+    code = ErrorCode.EXEC_ERROR
 
 
 def over_capacity(rejection: Rejection) -> OverCapacity:

@@ -8,7 +8,8 @@ A call is in exactly one state, and only `move` changes it:
               queue-wait timer, and the client has its ack.
     HELD      Admitted (it holds its lease and its call timeout runs), but no worker
               is ready, so it waits in the manager's backlog for one.
-    RUNNING   Sent to a worker, which holds it until it sends a Result or is lost.
+    RUNNING   Sent to a worker, which holds it until it sends a Result or is lost (or,
+              forwarded, to a hosted server's instance, until it replies or exits).
     DONE      Finished: answered (or ended silently) and its capacity given back.
 
 The legal moves:
@@ -20,7 +21,7 @@ The legal moves:
     QUEUED   -> HELD      granted by a release, no worker ready
     QUEUED   -> RUNNING   granted by a release and sent to a worker
     QUEUED   -> DONE      its queue wait expired, or cancelled, or its session ended
-    HELD     -> RUNNING   a worker became ready
+    HELD     -> RUNNING   a worker (or the session's hosted instance) became ready
     HELD     -> DONE      timeout, cancel, session end, daemon shutdown
     RUNNING  -> DONE      result, tool error, timeout, cancel, worker lost, session end,
                           daemon shutdown
@@ -39,6 +40,7 @@ import enum
 
 import msgspec
 
+from broker.calls.forwarding import ForwardTarget
 from broker.calls.scheduler import Lease, Waiter
 from broker.calls.session import Session
 from broker.pool.supervisor import WorkerHandle
@@ -78,8 +80,8 @@ _TABLE = MOVES.table
 
 class PendingCall(msgspec.Struct, eq=False):
     """A call from its validation until it is DONE. Which fields mean something depends
-    on `state`: `waiter` and `timer` while QUEUED, `lease` from HELD on, `worker` from
-    RUNNING on."""
+    on `state`: `waiter` and `timer` while QUEUED, `lease` from HELD on, `worker` (or
+    `target`, for a forwarded request) from RUNNING on."""
 
     call_id: int
     session: Session
@@ -95,10 +97,16 @@ class PendingCall(msgspec.Struct, eq=False):
     continuation_id: str | None = None
     # The request declared the 2026-07-28 envelope: its result gets that revision's shape.
     modern: bool = False
+    # A request forwarded to a hosted server: its JSON-RPC method and raw params
+    # (`tool` is then the label metrics use). None for a call a worker runs.
+    method: str | None = None
+    params: bytes | None = None
     state: CallState = CallState.RECEIVED
     lease: Lease | None = None
     waiter: Waiter | None = None
     worker: WorkerHandle | None = None
+    # The hosted instance a forwarded request was sent to, from RUNNING on.
+    target: ForwardTarget | None = None
     admitted_at: float = 0.0
     # The queue-wait timer, while the call is QUEUED.
     timer: asyncio.TimerHandle | None = None

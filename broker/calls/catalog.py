@@ -31,15 +31,22 @@ class Catalog:
 
     @classmethod
     def from_ready(cls, ready: Ready) -> Catalog:
-        tools = tuple(orjson.loads(ready.tools))
+        return cls.from_tools(ready.tools, ready.server_name, frozenset(ready.model_tools))
+
+    @classmethod
+    def from_tools(
+        cls, tools_json: bytes, server_name: str, model_tools: frozenset[str] = frozenset()
+    ) -> Catalog:
+        """From a JSON array of tools (a worker's Ready, or a hosted server's list)."""
+        tools = tuple(orjson.loads(tools_json))
         by_name = {t["name"]: t for t in tools if isinstance(t, dict) and "name" in t}
-        list_result = b'{"tools":' + ready.tools + b"}"
+        list_result = b'{"tools":' + tools_json + b"}"
         return cls(
             tools,
             by_name,
-            frozenset(ready.model_tools),
-            ready.server_name,
-            ready.tools,
+            model_tools,
+            server_name,
+            tools_json,
             list_result,
             ArgumentValidator(by_name),
         )

@@ -27,8 +27,10 @@ from broker.calls.accounting import CallRecord, Tally
 from broker.calls.answers import (
     AnswerFrames,
     MalformedResult,
+    is_tool_error,
     over_capacity,
     queue_wait_expired,
+    server_error,
     timed_out,
     too_large,
     worker_error,
@@ -36,6 +38,7 @@ from broker.calls.answers import (
 )
 from broker.calls.call import CallState, PendingCall, move
 from broker.calls.catalog import Catalog
+from broker.calls.forwarding import Forwarder
 from broker.calls.intake import Intake
 from broker.calls.placement import Placement
 from broker.calls.scheduler import Lease, Rejection, Scheduler, Waiter
@@ -43,7 +46,7 @@ from broker.calls.session import Session
 from broker.calls.timeline import Timeline
 from broker.pool.supervisor import Supervisor, WorkerHandle
 from broker.router.codec import Dialect, FrameCodec
-from exai.errors import BrokerError, Cancelled, ErrorCode, ShuttingDown
+from exai.errors import BrokerError, Cancelled, ErrorCode, ShuttingDown, WorkerLost
 from exai.ipc import Call, Progress, Result, SessionEnded
 from exai.models import ModelRegistry
 from exai.settings import Settings
@@ -85,6 +88,8 @@ class CallManager:
         # HELD calls waiting for a worker to be ready.
         self.backlog: deque[PendingCall] = deque()
         self.placement = Placement(settings.isolation)
+        # The hosted server requests are forwarded to (`forward`), when there is one.
+        self.forwarder: Forwarder | None = None
         self.shutting_down = False
         self._intake = Intake(settings.default_model, registry or ModelRegistry())
         self._tally = Tally(record)
@@ -161,13 +166,66 @@ class CallManager:
             continuation_id,
             modern,
         )
-        outcome = self.scheduler.try_acquire(session.id, route.provider, now)
+        self._start(call, now)
+
+    def forward(
+        self,
+        session: Session,
+        dialect: Dialect,
+        request_id: msgspec.Raw,
+        method: str,
+        params: bytes | None,
+        progress_token: msgspec.Raw | None,
+        *,
+        label: str,
+        modern: bool = False,
+    ) -> None:
+        """Start a request for the hosted server: admitted like a tool call, its params
+        and its answer passed through as they are. `label` names it in metrics."""
+        key = bytes(request_id)
+        existing = session.calls.get(key)
+        if existing is not None:
+            self._ack(existing)
+            return
+        answered = session.recent.get(key)
+        if answered is not None:
+            session.send(answered)
+            return
+        now = time.monotonic()
+        if self.shutting_down:
+            exc = ShuttingDown("the daemon is shutting down; retry after it restarts")
+            session.send(self._frames.error(dialect, request_id, exc))
+            self._tally.refused(session.id, label, exc)
+            return
+        self._next_id += 1
+        call = PendingCall(
+            self._next_id,
+            session,
+            key,
+            request_id,
+            dialect,
+            label,
+            b"",
+            None,
+            None,
+            progress_token,
+            now,
+            None,
+            modern,
+            method,
+            params,
+        )
+        self._start(call, now)
+
+    def _start(self, call: PendingCall, now: float) -> None:
+        """Admit, queue or refuse a RECEIVED call."""
+        outcome = self.scheduler.try_acquire(call.session.id, call.provider, now)
         if isinstance(outcome, Lease):
             self._track(call)
             self._admit(call, outcome)
             return
         if self.settings.queue_timeout_s > 0:
-            queued = self.scheduler.enqueue(session.id, route.provider, call, now)
+            queued = self.scheduler.enqueue(call.session.id, call.provider, call, now)
             if isinstance(queued, Waiter):
                 self._queue(call, queued, outcome)
                 return
@@ -198,6 +256,9 @@ class CallManager:
 
     def _dispatch(self, call: PendingCall) -> None:
         """Send an admitted call to a worker, or hold it until one is ready."""
+        if call.method is not None:
+            self._dispatch_forwarded(call)
+            return
         worker = self.placement.pick(self.supervisor.workers, call.session.id, call.continuation_id)
         if worker is None:
             # Every worker is restarting or being recycled: hold the call (its capacity is
@@ -220,6 +281,29 @@ class CallManager:
                 call.model,
                 call.progress_token is not None,
             )
+        )
+
+    def _dispatch_forwarded(self, call: PendingCall) -> None:
+        """Send an admitted request to its hosted instance, or hold it while one starts."""
+        assert self.forwarder is not None and call.method is not None
+        try:
+            target = self.forwarder.place(call.session.id)
+        except BrokerError as exc:
+            if call.state is not _HELD:
+                move(call, _HELD)  # it holds its lease: finishing from HELD gives it back
+            self._finish(call, error=exc)
+            return
+        if target is None:
+            if call.state is not _HELD:
+                move(call, _HELD)
+            self.backlog.append(call)
+            return
+        move(call, _RUNNING)
+        call.target = target
+        self.calls[call.call_id] = call
+        token = call.progress_token
+        target.request(
+            call.call_id, call.method, call.params, bytes(token) if token is not None else None
         )
 
     def _ack(self, call: PendingCall) -> None:
@@ -280,6 +364,38 @@ class CallManager:
             return
         call.session.send(self._frames.progress(call, progress))
 
+    # --- hosted server events --------------------------------------------------------
+
+    def handle_reply(self, call_id: int, result: bytes | None, error: bytes | None) -> None:
+        """The hosted server answered a forwarded request: its result or error, raw."""
+        call = self.calls.pop(call_id, None)
+        if call is None or call.state is _DONE:
+            return
+        if result is not None:
+            tool_error = call.method == "tools/call" and is_tool_error(result)
+            self._finish(call, payload=result, tool_error=tool_error)
+        else:
+            self._finish(call, error=server_error(error or b"{}"), raw_error=error)
+
+    def handle_hosted_progress(self, call_id: int, params: bytes) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.state is _DONE or call.progress_token is None:
+            return
+        call.session.send(self._frames.forwarded_progress(call, params))
+
+    def handle_hosted_lost(self, call_id: int, reason: str) -> None:
+        """The instance running a forwarded request exited: it fails (it may have run)."""
+        call = self.calls.pop(call_id, None)
+        if call is not None and call.state is not _DONE:
+            self._finish(call, error=WorkerLost(f"{reason} while running {call.tool!r}"))
+
+    def retry_held(self) -> None:
+        """A hosted instance started (or failed to): the requests held for one go now."""
+        backlog, self.backlog = self.backlog, deque()
+        for call in backlog:
+            if call.state is _HELD:
+                self._dispatch(call)
+
     def handle_worker_lost(self, worker: WorkerHandle, call_ids: set[int], reason: str) -> None:
         """A worker died holding `call_ids`: they fail (they may have partly run)."""
         for call_id in call_ids:
@@ -316,6 +432,8 @@ class CallManager:
             if call.state is not _DONE:
                 self._abandon(call)
                 self._finish(call, error=Cancelled("the session ended"), silent=True)
+        if self.forwarder is not None:
+            self.forwarder.end_session(session.id)
 
     def fail(self, call: PendingCall, error: BrokerError) -> None:
         """End a call with `error` now, telling its worker (if any) to stop it."""
@@ -331,6 +449,10 @@ class CallManager:
             assert call.waiter is not None
             self.scheduler.withdraw(call.waiter)
         elif state is _RUNNING:
+            if call.target is not None:
+                self.calls.pop(call.call_id, None)
+                call.target.cancel(call.call_id)
+                return
             assert call.worker is not None
             self.supervisor.cancel_call(call.worker, call.call_id)
 
@@ -344,6 +466,7 @@ class CallManager:
         error: BrokerError | None = None,
         silent: bool = False,
         tool_error: bool = False,
+        raw_error: bytes | None = None,
     ) -> None:
         left = move(call, _DONE)
         session = call.session
@@ -375,7 +498,11 @@ class CallManager:
                     frame = b""
             if not frame:
                 assert error is not None
-                frame = self._frames.error(call.dialect, call.request_id, error)
+                if raw_error is not None and call.dialect is not _OP:
+                    # The hosted server's own error, as it wrote it.
+                    frame = self._frames.raw_error(call.request_id, raw_error)
+                else:
+                    frame = self._frames.error(call.dialect, call.request_id, error)
                 outcome = str(error.code)
             if not silent:
                 session.send(frame)

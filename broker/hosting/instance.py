@@ -42,6 +42,7 @@ CLIENT_CAPABILITIES: dict[str, Any] = {
 STDERR_TAIL_LINES = 40
 # Requests the instance makes for itself use negative handles: never a call's.
 _HANDSHAKE = -1
+_FIRST_QUERY = -2
 _POSIX = sys.platform != "win32"
 
 
@@ -157,12 +158,14 @@ class HostedInstance:
         self._loop = asyncio.get_running_loop()
         self._writes = WriteCoalescer(self._loop, self._write_now)
         self._handshake: asyncio.Future[Reply] | None = None
+        self._queries: dict[int, asyncio.Future[Reply]] = {}
+        self._next_query = _FIRST_QUERY
 
     # --- life ------------------------------------------------------------------------
 
     async def start(self, timeout_s: float) -> ServerIdentity:
         """Start the process and complete `initialize`, within `timeout_s`."""
-        env = {**os.environ, **self.env} if self.env is not None else None
+        env = self.env  # the whole environment when given (None: the daemon's own)
         pipes = _Pipes(self._handle_line, self._max_line_bytes)
         try:
             await self._loop.subprocess_exec(
@@ -198,6 +201,7 @@ class HostedInstance:
                 handshake.set_exception(HandshakeError("exited"))
 
         pipes.exited.add_done_callback(fail_handshake)
+        pipes.exited.add_done_callback(self._fail_queries)
         try:
             reply = await asyncio.wait_for(asyncio.shield(handshake), timeout_s)
         except (TimeoutError, HandshakeError):
@@ -217,6 +221,12 @@ class HostedInstance:
             init.protocolVersion, init.capabilities, init.serverInfo, init.instructions
         )
         return self.identity
+
+    def _fail_queries(self, _: object) -> None:
+        queries, self._queries = self._queries, {}
+        for waiter in queries.values():
+            if not waiter.done():
+                waiter.set_exception(HandshakeError(f"{self.name} exited"))
 
     @property
     def exited(self) -> asyncio.Future[int | None]:
@@ -259,6 +269,25 @@ class HostedInstance:
     def request(self, handle: int, method: str, params: bytes | None, token: bytes | None) -> None:
         self._write(self.relay.request(handle, method, params, token))
 
+    async def query(self, method: str, params: bytes | None, timeout_s: float) -> Reply:
+        """A request of the broker's own (the tool list, a log level): its reply.
+        Raises TimeoutError, or HandshakeError when the server exits first."""
+        handle = self._next_query
+        self._next_query -= 1
+        reply: asyncio.Future[Reply] = self._loop.create_future()
+        self._queries[handle] = reply
+        self.request(handle, method, params, None)
+        try:
+            return await asyncio.wait_for(asyncio.shield(reply), timeout_s)
+        finally:
+            if self._queries.pop(handle, None) is not None:
+                self.relay.forget(handle)
+
+    @property
+    def load(self) -> int:
+        """Requests sent and not answered yet: how busy the instance is."""
+        return self.relay.in_flight()
+
     def cancel(self, handle: int, reason: str | None = None) -> None:
         line = self.relay.cancel(handle, reason)
         if line is not None:
@@ -276,9 +305,13 @@ class HostedInstance:
         event = self.relay.receive(line)
         if event is None:
             return
-        if isinstance(event, Reply) and event.handle == _HANDSHAKE:
-            if self._handshake is not None and not self._handshake.done():
-                self._handshake.set_result(event)
+        if isinstance(event, Reply) and event.handle < 0:
+            if event.handle == _HANDSHAKE:
+                waiter = self._handshake
+            else:
+                waiter = self._queries.pop(event.handle, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event)
             return
         self._on_event(self, event)
 

@@ -38,5 +38,10 @@ class LogLevels:
         rank = severity(level)
         return rank is None or rank >= self._threshold.get(session, 0)
 
+    def lowest(self) -> int | None:
+        """The lowest threshold any session set (the server must log at least that
+        much), or None when no session set one."""
+        return min(self._threshold.values(), default=None)
+
     def end_session(self, session: str) -> None:
         self._threshold.pop(session, None)

@@ -1,8 +1,9 @@
 """One configured stdio server and its instances: shared by everyone, or one a session.
 
-- shared: one instance for the whole daemon, started with it and restarted with
-  backoff when it dies (its requests in flight are failed by whoever routed them);
-  after `MAX_QUICK_FAILURES` deaths in a row without a stable run it is marked
+- shared: `instances` instances for the whole daemon (one by default), started with
+  it; each request goes to the least busy one. Each is restarted with backoff when it
+  dies (its requests in flight are failed by whoever routed them); after
+  `MAX_QUICK_FAILURES` deaths in a row without a stable run the server is marked
   failed and stays down, with the tail of its stderr, while everything else serves.
 - session: an instance per client session, started on that session's first request,
   stopped when the session ends or has been idle `idle_timeout_s`, at most
@@ -27,7 +28,7 @@ from broker.hosting.instance import HandshakeError, HostedInstance, ServerIdenti
 from exai.relay import RelayEvent
 from exai.settings import Isolation
 
-__all__ = ["HostedServer", "Isolation", "ServerState"]
+__all__ = ["HostedServer", "Isolation", "NoInstance", "ServerState"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,14 @@ class ServerState(enum.StrEnum):
 EventSink = Callable[[HostedInstance, RelayEvent], None]
 
 
+class NoInstance(RuntimeError):
+    """No instance can serve the request; `capacity` when a cap is what refused it."""
+
+    def __init__(self, message: str, *, capacity: bool = False) -> None:
+        super().__init__(message)
+        self.capacity = capacity
+
+
 class HostedServer:
     """Instances of one server command, placed by isolation."""
 
@@ -60,6 +69,8 @@ class HostedServer:
         *,
         on_event: EventSink,
         on_exit: Callable[[HostedInstance], None],
+        on_start: Callable[[HostedInstance | None], None] | None = None,
+        instances: int = 1,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         isolation: Isolation = Isolation.SHARED,
@@ -74,14 +85,18 @@ class HostedServer:
         self.isolation = isolation
         self.idle_timeout_s = idle_timeout_s
         self.max_instances = max_instances
+        self.shared_instances = max(1, instances)
         self.state = ServerState.STARTING
         self.identity: ServerIdentity | None = None
         self.failure: str | None = None
         self.restarts = 0
         self._on_event = on_event
         self._on_exit = on_exit
+        self._on_start = on_start
         self._max_line_bytes = max_line_bytes
-        self._shared: HostedInstance | None = None
+        self._shared: list[HostedInstance | None] = [None] * self.shared_instances
+        # Why a session's instance could not be opened, told on its next request.
+        self._open_failures: dict[str, str] = {}
         self._sessions: dict[str, HostedInstance] = {}
         self._last_used: dict[str, float] = {}
         self._opening: dict[str, asyncio.Future[HostedInstance]] = {}
@@ -95,12 +110,22 @@ class HostedServer:
     async def start(self) -> ServerIdentity:
         """Start the first instance (the shared one, or a probe for session isolation)
         and learn the server's identity from it."""
-        instance = await self._open()
-        self.identity = instance.identity
         if self.isolation is Isolation.SHARED:
-            self._adopt_shared(instance)
+            opened = await asyncio.gather(
+                *(self._open() for _ in range(self.shared_instances)), return_exceptions=True
+            )
+            failed = [o for o in opened if isinstance(o, BaseException)]
+            started = [o for o in opened if isinstance(o, HostedInstance)]
+            if failed:
+                await asyncio.gather(*(i.stop() for i in started), return_exceptions=True)
+                raise failed[0]
+            self.identity = started[0].identity
+            for slot, instance in enumerate(started):
+                self._adopt_shared(slot, instance)
         else:
-            await instance.stop()
+            probe = await self._open()
+            self.identity = probe.identity
+            await probe.stop()
             self._spawn(self._reap_idle())
         self.state = ServerState.READY
         assert self.identity is not None
@@ -111,8 +136,8 @@ class HostedServer:
         self.state = ServerState.STOPPED
         for task in list(self._tasks):
             task.cancel()
-        instances = [i for i in (self._shared, *self._sessions.values()) if i is not None]
-        self._shared = None
+        instances = self.instances()
+        self._shared = [None] * self.shared_instances
         self._sessions.clear()
         await asyncio.gather(*(i.stop() for i in instances), return_exceptions=True)
 
@@ -121,38 +146,61 @@ class HostedServer:
     def instance_now(self, session_id: str) -> HostedInstance | None:
         """The instance that serves `session_id` if it is running now."""
         if self.isolation is Isolation.SHARED:
-            shared = self._shared
-            return shared if shared is not None and shared.alive else None
+            best: HostedInstance | None = None
+            for shared in self._shared:
+                if (
+                    shared is not None
+                    and shared.alive
+                    and (best is None or shared.load < best.load)
+                ):
+                    best = shared
+            return best
         instance = self._sessions.get(session_id)
         if instance is not None and instance.alive:
             self._last_used[session_id] = time.monotonic()
             return instance
         return None
 
-    async def instance_for(self, session_id: str) -> HostedInstance:
-        """The instance for `session_id`, started if session isolation needs one.
-        Raises RuntimeError with a reason the client can read when there is none."""
+    def place(self, session_id: str) -> HostedInstance | None:
+        """The instance for `session_id` now, or None while one is being (re)started
+        for it: `on_start` says when. Raises NoInstance when there will be none."""
         now = self.instance_now(session_id)
         if now is not None:
             return now
         if self.state is ServerState.FAILED:
-            raise RuntimeError(f"server {self.name!r} failed: {self.failure}")
+            raise NoInstance(f"server {self.name!r} failed: {self.failure}")
+        if self.state is ServerState.STOPPED:
+            raise NoInstance(f"server {self.name!r} is stopped")
         if self.isolation is Isolation.SHARED:
-            raise RuntimeError(f"server {self.name!r} is restarting; retry shortly")
-        opening = self._opening.get(session_id)
-        if opening is None:
+            return None  # restarting: the request waits for it
+        failure = self._open_failures.pop(session_id, None)
+        if failure is not None:
+            raise NoInstance(failure)
+        if session_id not in self._opening:
             if len(self._sessions) + len(self._opening) >= self.max_instances:
-                raise RuntimeError(
+                raise NoInstance(
                     f"server {self.name!r} already runs {self.max_instances} session "
-                    "instances (EXAI_SESSION_INSTANCES_MAX)"
+                    "instances (EXAI_SESSION_INSTANCES_MAX)",
+                    capacity=True,
                 )
             opening = asyncio.get_running_loop().create_future()
             self._opening[session_id] = opening
             self._spawn(self._open_for(session_id, opening))
+        return None
+
+    async def instance_for(self, session_id: str) -> HostedInstance:
+        """The instance for `session_id`, started if session isolation needs one.
+        Raises NoInstance with a reason the client can read when there is none."""
+        now = self.place(session_id)
+        if now is not None:
+            return now
+        opening = self._opening.get(session_id)
+        if opening is None:
+            raise NoInstance(f"server {self.name!r} is restarting; retry shortly")
         return await asyncio.shield(opening)
 
     def instances(self) -> list[HostedInstance]:
-        found = [self._shared] if self._shared is not None else []
+        found = [i for i in self._shared if i is not None]
         return [*found, *self._sessions.values()]
 
     def owner_of(self, instance: HostedInstance) -> str | None:
@@ -165,6 +213,7 @@ class HostedServer:
     def end_session(self, session_id: str) -> None:
         instance = self._sessions.pop(session_id, None)
         self._last_used.pop(session_id, None)
+        self._open_failures.pop(session_id, None)
         if instance is not None:
             self._spawn(instance.stop())
 
@@ -186,29 +235,41 @@ class HostedServer:
         try:
             instance = await self._open()
         except HandshakeError as exc:
-            opening.set_exception(RuntimeError(str(exc)))
+            self._open_failures[session_id] = str(exc)
+            opening.set_exception(NoInstance(str(exc)))
             opening.exception()  # retrieved: the session may have gone meanwhile
+            self._started(None)
             return
         finally:
             self._opening.pop(session_id, None)
+        if self._stopping:
+            await instance.stop()
+            return
         self._sessions[session_id] = instance
         self._last_used[session_id] = time.monotonic()
         instance.exited.add_done_callback(lambda _: self._session_exited(session_id, instance))
         opening.set_result(instance)
+        self._started(instance)
 
     def _session_exited(self, session_id: str, instance: HostedInstance) -> None:
         if self._sessions.get(session_id) is instance:
             del self._sessions[session_id]
         self._on_exit(instance)
 
-    def _adopt_shared(self, instance: HostedInstance) -> None:
-        self._shared = instance
-        started = time.monotonic()
-        instance.exited.add_done_callback(lambda _: self._shared_exited(instance, started))
+    def _started(self, instance: HostedInstance | None) -> None:
+        """Tell the owner an instance is up (or failed to come up): held requests go."""
+        if self._on_start is not None:
+            self._on_start(instance)
 
-    def _shared_exited(self, instance: HostedInstance, started: float) -> None:
-        if self._shared is instance:
-            self._shared = None
+    def _adopt_shared(self, slot: int, instance: HostedInstance) -> None:
+        self._shared[slot] = instance
+        started = time.monotonic()
+        instance.exited.add_done_callback(lambda _: self._shared_exited(slot, instance, started))
+        self._started(instance)
+
+    def _shared_exited(self, slot: int, instance: HostedInstance, started: float) -> None:
+        if self._shared[slot] is instance:
+            self._shared[slot] = None
         self._on_exit(instance)
         if self._stopping:
             return
@@ -227,11 +288,12 @@ class HostedServer:
         if self._quick_failures >= MAX_QUICK_FAILURES:
             self._mark_failed(f"exited {self._quick_failures} times{instance.stderr_hint()}")
             return
-        self.state = ServerState.RESTARTING
-        self._spawn(self._restart(self._backoff_s))
+        if not any(i is not None and i.alive for i in self._shared):
+            self.state = ServerState.RESTARTING
+        self._spawn(self._restart(slot, self._backoff_s))
         self._backoff_s = min(BACKOFF_MAX_S, self._backoff_s * 2)
 
-    async def _restart(self, delay_s: float) -> None:
+    async def _restart(self, slot: int, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
         try:
             instance = await self._open()
@@ -240,18 +302,22 @@ class HostedServer:
             if self._quick_failures >= MAX_QUICK_FAILURES:
                 self._mark_failed(str(exc))
                 return
-            self._spawn(self._restart(self._backoff_s))
+            self._spawn(self._restart(slot, self._backoff_s))
             self._backoff_s = min(BACKOFF_MAX_S, self._backoff_s * 2)
             return
+        if self._stopping:
+            await instance.stop()
+            return
         self.restarts += 1
-        self._adopt_shared(instance)
         self.state = ServerState.READY
+        self._adopt_shared(slot, instance)
         log.info("server %s restarted pid=%s", self.name, instance.pid)
 
     def _mark_failed(self, why: str) -> None:
         self.state = ServerState.FAILED
         self.failure = why
         log.error("server %s failed: %s", self.name, why)
+        self._started(None)  # what waited for a restart fails now
 
     async def _reap_idle(self) -> None:
         interval_s = max(0.05, min(self.idle_timeout_s / 4, 30.0))

@@ -101,6 +101,11 @@ class ServerTraffic:
                     target.send(frame)
             return
         if notice.method == "notifications/resources/updated":
+            owner = self._owner_of(instance)
+            if owner is not None:
+                # Its own instance: it subscribed, or the server would not send this.
+                self._deliver(owner, frame)
+                return
             uri = _decode(notice.params, _UriParams).uri
             for subscriber in self._subscriptions.subscribers(self.server_name, uri):
                 self._deliver(subscriber, frame)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from broker.calls.manager import CallManager
 from broker.calls.scheduler import Scheduler
 from broker.calls.session import SessionRegistry
+from broker.hosting.hub import Hosting
 from broker.observe.calllog import MetricsWriter
 from broker.observe.health import HealthFile
 from broker.observe.recent import RecentStats
@@ -55,6 +56,8 @@ class Observed(Protocol):
     def recent(self) -> RecentStats: ...
     @property
     def health(self) -> HealthFile: ...
+    @property
+    def hosting(self) -> Hosting | None: ...
 
 
 def take_snapshot(daemon: Observed) -> dict[str, Any]:
@@ -98,6 +101,7 @@ def take_snapshot(daemon: Observed) -> dict[str, Any]:
             }
             for w in daemon.supervisor.workers
         ],
+        "servers": [daemon.hosting.snapshot()] if daemon.hosting is not None else [],
         "tools": len(calls.catalog.tools),
         "calls_total": calls.calls_total,
         "errors_by_code": dict(calls.errors_by_code),

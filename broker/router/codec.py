@@ -65,6 +65,14 @@ class GenericParams(msgspec.Struct):
     protocolVersion: str | None = None
 
 
+class LevelParams(msgspec.Struct):
+    level: str = ""
+
+
+class UriParams(msgspec.Struct):
+    uri: str | None = None
+
+
 class _Response(msgspec.Struct, omit_defaults=True):
     jsonrpc: str
     id: msgspec.Raw
@@ -197,6 +205,20 @@ class FrameCodec:
             return None
         try:
             return self._cancel_decoder.decode(params)
+        except (msgspec.DecodeError, RecursionError):
+            return None
+
+    def level_params(self, params: msgspec.Raw) -> str:
+        """`logging/setLevel`'s level ("" when missing or not a string)."""
+        try:
+            return msgspec.json.decode(params or b"{}", type=LevelParams).level
+        except (msgspec.DecodeError, RecursionError):
+            return ""
+
+    def uri_params(self, params: msgspec.Raw) -> str | None:
+        """The `uri` of a resources request, or None when it has none to speak of."""
+        try:
+            return msgspec.json.decode(params or b"{}", type=UriParams).uri
         except (msgspec.DecodeError, RecursionError):
             return None
 

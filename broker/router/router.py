@@ -16,6 +16,8 @@ import msgspec
 
 from broker.calls.manager import CallManager
 from broker.calls.session import Session, SessionRegistry
+from broker.hosting.hub import Hosting
+from broker.hosting.loglevels import LEVELS
 from broker.router.codec import Dialect, Envelope, FrameCodec
 from broker.router.modern import stamp_result
 from broker.router.ops import (
@@ -41,6 +43,7 @@ from exai.errors import (
     SUPPORTED_HANDSHAKE_VERSIONS,
     BrokerError,
     ErrorCode,
+    InvalidArguments,
     InvalidFrame,
     MethodNotFound,
     Unauthorized,
@@ -58,6 +61,7 @@ SERVER_INFO_JSON = msgspec.json.encode(SERVER_INFO)
 INSTRUCTIONS = "Tools shared by every client of this machine's exai-broker daemon."
 CAPABILITIES = {"tools": {"listChanged": False}}
 SESSION_ID_MAX = 128
+LEVEL_NAMES = ", ".join(LEVELS)
 
 # WebSocket close codes of the op dialect's opening handshake.
 CLOSE_NOT_JSON = SessionClose.NOT_JSON
@@ -135,8 +139,11 @@ class FrameRouter:
         sessions: SessionRegistry,
         auth: Auth,
         health: Callable[[], dict[str, Any]],
+        hosting: Hosting | None = None,
     ) -> None:
         self.settings = settings
+        # The hosted server every MCP request but the connection's own is forwarded to.
+        self.hosting = hosting
         self.codec = codec
         self.calls = calls
         self.sessions = sessions
@@ -231,6 +238,9 @@ class FrameRouter:
     def _handle_jsonrpc(self, peer: ClientPeer, session: Session, env: Envelope) -> None:
         if env.jsonrpc != "2.0":
             raise InvalidFrame(f'unsupported JSON-RPC version {env.jsonrpc!r}; expected "2.0"')
+        if self.hosting is not None:
+            self._handle_hosted(peer, session, env, self.hosting)
+            return
         method = env.method
         if not present(env.id):
             if method is None:
@@ -297,6 +307,101 @@ class FrameRouter:
             result = stamp_result(result, method, SERVER_INFO_JSON)
         peer.send(self.codec.result(request_id, result))
 
+    # --- MCP toward a hosted server --------------------------------------------------
+
+    def _handle_hosted(
+        self, peer: ClientPeer, session: Session, env: Envelope, hosting: Hosting
+    ) -> None:
+        """What the broker answers itself (the connection's own methods, log levels,
+        shared subscriptions, answers to server requests); everything else is forwarded."""
+        method = env.method
+        params = bytes(env.params) if present(env.params) else None
+        if not present(env.id):
+            if method is None:
+                return
+            if method == "notifications/cancelled":
+                cancel = self.codec.cancel_params(env.params)
+                if cancel is not None:
+                    self.calls.cancel(session, cancel.requestId, answer=False)
+            elif method != "notifications/initialized":
+                hosting.notify(session.id, method, params)
+            return
+        request_id = env.id
+        if not valid_id(request_id):
+            raise InvalidFrame("a JSON-RPC id must be a string or an integer")
+        if method is None:
+            result = bytes(env.result) if present(env.result) else None
+            error = bytes(env.error) if present(env.error) else None
+            if result is None and error is None:
+                raise InvalidFrame('a request needs a "method"')
+            hosting.answer(session.id, bytes(request_id), result, error)
+            return
+        if method == "tools/call":
+            call = self.codec.call_params(env.params)
+            meta, label = call.meta, call.name
+        else:
+            meta, label = self.codec.generic_params(env.params).meta, method
+        modern = meta is not None and meta.protocol_version == MODERN_VERSION
+        local = self._hosted_local(session, method, env, hosting)
+        if local is None:
+            token = meta.progressToken if meta is not None else None
+            self.calls.forward(
+                session,
+                Dialect.MCP,
+                request_id,
+                method,
+                params,
+                token if token is not None and present(token) else None,
+                label=label,
+                modern=modern,
+            )
+            return
+        if method == "server/discover":
+            modern = True
+        if modern:
+            info = self.codec.encode(hosting.presented[1])
+            local = stamp_result(local, method, info)
+        peer.send(self.codec.result(request_id, local))
+
+    def _hosted_local(
+        self, session: Session, method: str, env: Envelope, hosting: Hosting
+    ) -> bytes | None:
+        """The result the broker gives itself for `method`, or None to forward it."""
+        capabilities, server_info, instructions = hosting.presented
+        if method == "ping":
+            return b"{}"
+        if method == "initialize":
+            wanted = self.codec.generic_params(env.params).protocolVersion
+            version = wanted if wanted in SUPPORTED_HANDSHAKE_VERSIONS else LATEST_HANDSHAKE_VERSION
+            body: dict[str, Any] = {
+                "protocolVersion": version,
+                "capabilities": capabilities,
+                "serverInfo": server_info,
+            }
+            if instructions is not None:
+                body["instructions"] = instructions
+            return self.codec.encode(body)
+        if method == "server/discover":
+            body = {"supportedVersions": [MODERN_VERSION], "capabilities": capabilities}
+            if instructions is not None:
+                body["instructions"] = instructions
+            return self.codec.encode(body)
+        if method == "logging/setLevel" and "logging" in capabilities:
+            level = self.codec.level_params(env.params)
+            if not hosting.set_level(session.id, level):
+                raise InvalidArguments(f"unknown log level {level!r}; MCP levels are {LEVEL_NAMES}")
+            return b"{}"
+        if method in ("resources/subscribe", "resources/unsubscribe"):
+            uri = self.codec.uri_params(env.params)
+            if uri is None:
+                return None  # the server says what is wrong with it
+            if method == "resources/subscribe":
+                tell = hosting.subscribe(session.id, uri)
+            else:
+                tell = hosting.unsubscribe(session.id, uri)
+            return None if tell else b"{}"
+        return None
+
     # --- op dialect ------------------------------------------------------------------
 
     def _handle_op(
@@ -308,6 +413,20 @@ class FrameRouter:
                 raise InvalidFrame("call_tool needs a string or integer request_id")
             if not op.name:
                 raise InvalidFrame("call_tool needs the tool's name")
+            if self.hosting is not None:
+                params = b'{"name":' + self.codec.encode(op.name)
+                if present(op.arguments):
+                    params += b',"arguments":' + op.arguments
+                self.calls.forward(
+                    session,
+                    Dialect.OP,
+                    request_id,
+                    "tools/call",
+                    params + b"}",
+                    request_id,
+                    label=op.name,
+                )
+                return
             self.calls.submit(session, Dialect.OP, request_id, op.name, op.arguments, request_id)
         elif isinstance(op, ListToolsOp):
             tools = msgspec.Raw(self.calls.catalog.tools_json)

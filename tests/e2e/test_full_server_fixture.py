@@ -162,7 +162,7 @@ async def test_identity_tools_listing_and_plain_calls() -> None:
         tools = {tool.name: tool for tool in listing.tools}
         assert set(tools) == {
             "echo", "add", "progress", "log", "sample", "elicit", "roots",
-            "add_tool", "bump", "fail", "slow", "annotated",
+            "add_tool", "bump", "fail", "slow", "cancelled", "annotated",
         }  # fmt: skip
         assert listing.next_cursor is None
         assert tools["add"].output_schema == {

@@ -1,0 +1,58 @@
+"""A `--server-cmd` command line: its argv, its name, and the environment it gets. Pure.
+
+The command is split like a shell would (POSIX rules; Windows rules on Windows, where
+backslashes are path separators), and its program is looked up on PATH here, because
+on Windows `npx` and friends are `.cmd` files that process creation does not find by
+themselves.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import PurePath
+
+__all__ = ["command_argv", "server_environment", "server_label"]
+
+_WINDOWS = sys.platform == "win32"
+# Runners whose first argument that is not an option names the server itself.
+_RUNNERS = frozenset({"npx", "uvx", "pipx", "bunx", "python", "python3", "node", "uv", "deno"})
+
+
+def command_argv(command: str) -> list[str]:
+    """The argv of `command`; raises ValueError for an empty command."""
+    argv = _split(command)
+    if not argv:
+        raise ValueError("--server-cmd is empty")
+    found = shutil.which(argv[0])
+    if found is not None:
+        argv[0] = found
+    return argv
+
+
+def server_label(argv: list[str]) -> str:
+    """A short name for logs and health: the server's package or script, not its runner."""
+    program = PurePath(argv[0]).stem
+    if program.startswith("python") or program in _RUNNERS:
+        rest = iter(argv[1:])
+        for arg in rest:
+            if arg == "-m":
+                return next(rest, program)
+            if not arg.startswith("-"):
+                return PurePath(arg).stem if "/" in arg or "\\" in arg else arg
+    return program
+
+
+def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What the hosted server runs with: the daemon's environment (its API keys live
+    there), minus the daemon's token, which it has no business seeing."""
+    return {k: v for k, v in environ.items() if k != "EXAI_WS_TOKEN"}
+
+
+def _split(command: str) -> list[str]:
+    if not _WINDOWS:
+        return shlex.split(command)
+    # shlex's POSIX rules would eat the backslashes of Windows paths.
+    return [part.strip('"') for part in shlex.split(command, posix=False)]
