@@ -26,7 +26,7 @@ from broker.calls.catalog import Catalog
 from broker.calls.manager import CallManager, CallRecord
 from broker.calls.scheduler import Scheduler
 from broker.calls.session import SessionRegistry
-from broker.hosting.command import command_argv, server_environment, server_label
+from broker.hosting.command import HostedCommand, hosted_command, server_environment
 from broker.hosting.hub import Hosting
 from broker.hosting.instance import HandshakeError
 from broker.lifecycle import Lifecycle, Part
@@ -96,6 +96,7 @@ class Daemon:
         log_dir = Path(settings.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.auth = Auth(settings.token)
+        hosted = hosted_command(settings.server_cmd, settings.server)
         self.metrics = MetricsWriter(
             log_dir / METRICS_FILE,
             max_bytes=settings.metrics_max_bytes,
@@ -110,9 +111,9 @@ class Daemon:
         )
         self.supervisor = Supervisor(
             # A Ray pool is one bridge process that spreads calls over its own actors. A
-            # `--server-cmd` server is hosted by the daemon itself, which owns its pipes:
-            # no worker is on a call's path, and the pool has nothing to run.
-            size=0 if settings.server_cmd else settings.workers if settings.pool == "local" else 1,
+            # hosted stdio server is the daemon's own, which owns its pipes: no worker is
+            # on a call's path, and the pool has nothing to run.
+            size=0 if hosted else settings.workers if settings.pool == "local" else 1,
             env=worker_environment(environ, worker_overrides(settings)),
             on_ready=self._worker_ready,
             on_message=lambda w, m: self.calls.handle_worker_message(w, m),
@@ -128,7 +129,7 @@ class Daemon:
             settings, self.scheduler, self.supervisor, self.codec, self._record
         )
         self.sessions = SessionRegistry(settings.resume_grace_s, settings.send_buffer_bytes)
-        self.hosting = self._hosting(settings, environ) if settings.server_cmd else None
+        self.hosting = self._hosting(settings, hosted, environ) if hosted else None
         self.router = FrameRouter(
             settings, self.codec, self.calls, self.sessions, self.auth, self.snapshot, self.hosting
         )
@@ -340,11 +341,12 @@ class Daemon:
 
     # --- the hosted server -----------------------------------------------------------
 
-    def _hosting(self, settings: Settings, environ: Mapping[str, str]) -> Hosting:
-        argv = command_argv(settings.server_cmd)
+    def _hosting(
+        self, settings: Settings, hosted: HostedCommand, environ: Mapping[str, str]
+    ) -> Hosting:
         return Hosting(
-            server_label(argv),
-            argv,
+            hosted.label,
+            hosted.argv,
             env=server_environment(environ),
             isolation=settings.isolation,
             # Under `--workers N` the shared server runs N instances, as it did when each
@@ -366,8 +368,9 @@ class Daemon:
         hosting.on_progress = calls.handle_hosted_progress
         hosting.on_lost = calls.handle_hosted_lost
         hosting.on_ready = calls.retry_held
+        model_tools = frozenset(self.settings.model_tools)
         hosting.on_tools = lambda tools: setattr(
-            calls, "catalog", Catalog.from_tools(tools, hosting.name)
+            calls, "catalog", Catalog.from_tools(tools, hosting.name, model_tools)
         )
 
     def _session_of_call(self, call_id: int) -> str | None:

@@ -158,11 +158,8 @@ class Worker:
 
 
 def load_server(settings: Settings, environ: Mapping[str, str]) -> ToolServer:
-    """What this worker hosts: the bridge to a Ray pool (`--pool ray`), or the tool server.
-
-    A `--server-cmd` command is hosted in this process whatever the pool.
-    """
-    if settings.pool_kind is PoolKind.RAY and not settings.server_cmd:
+    """What this worker hosts: the bridge to a Ray pool (`--pool ray`), or the tool server."""
+    if settings.pool_kind is PoolKind.RAY:
         from workers.ray_pool import RayToolPool
 
         return RayToolPool(settings, environ)

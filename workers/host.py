@@ -1,9 +1,9 @@
 """Loads the tool server a worker hosts.
 
 A tool server is anything with a tool list and `call(name, arguments, ctx)` (the
-convention is in `workers.toolserver`). `--server-cmd` names a stdio MCP server to
-start, `--server module:attr` an SDK server object, `--server module` a module
-exposing `TOOLS` and `handle_call_tool`; with neither the built-in tools are hosted.
+convention is in `workers.toolserver`). `--server module` names a module exposing
+`TOOLS` and `handle_call_tool`; without it the built-in tools are hosted. (Stdio
+commands and SDK server objects are the daemon's to host: see broker/hosting.)
 Which pool the worker bridges to (`--pool ray`) is chosen by the worker's main, not
 here: the Ray tool hosts load their tool server with this module too.
 """
@@ -76,40 +76,21 @@ class ModuleToolServer:
 
 
 def load_tool_server(settings: Settings, environ: Mapping[str, str]) -> ToolServer:
-    """The tool server the settings name: a command, a module, an SDK object, or built-ins."""
-    model_tools = frozenset(settings.model_tools)
-    if settings.server_cmd:
-        from workers.mcp_host import ClientToolServer, command_target
+    """The tool server the settings name: a module of tools, or the built-ins.
 
-        # The hosted server gets our environment (its own API keys live there) minus the
-        # daemon's token, which it has no business seeing.
-        child_env = {k: v for k, v in environ.items() if k != "EXAI_WS_TOKEN"}
-        return ClientToolServer(
-            settings.server_cmd.split()[0],
-            command_target(settings.server_cmd, child_env),
-            isolation=settings.isolation,
-            idle_timeout_s=settings.session_idle_timeout_s,
-            max_instances=settings.session_instances_max,
-            model_tools=model_tools,
-        )
+    Stdio commands (`--server-cmd`) and SDK server objects (`--server module:attr`)
+    are hosted by the daemon itself, never by a worker.
+    """
+    model_tools = frozenset(settings.model_tools)
     spec = settings.server
+    if settings.server_cmd or ":" in spec:
+        raise ValueError("stdio commands and SDK server objects are hosted by the daemon")
     if not spec:
         from workers.builtin.tools import BuiltinTools
 
         return BuiltinTools(settings, environ)
-    module_name, _, attr = spec.partition(":")
+    module_name = spec
     module = importlib.import_module(module_name)
-    if attr:
-        from workers.mcp_host import ClientToolServer, object_target
-
-        return ClientToolServer(
-            spec,
-            object_target(getattr(module, attr)),
-            isolation=settings.isolation,
-            idle_timeout_s=settings.session_idle_timeout_s,
-            max_instances=settings.session_instances_max,
-            model_tools=model_tools,
-        )
     tools = getattr(module, "TOOLS", None)
     handler = getattr(module, "handle_call_tool", None)
     if tools is None or handler is None:

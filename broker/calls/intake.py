@@ -17,6 +17,17 @@ from exai.models import ModelRegistry
 
 __all__ = ["Intake"]
 
+
+class _ModelArgument(msgspec.Struct):
+    model: object = None
+
+
+class _ModelParams(msgspec.Struct):
+    arguments: _ModelArgument = msgspec.field(default_factory=_ModelArgument)
+
+
+_MODEL_PARAMS = msgspec.json.Decoder(_ModelParams)
+
 # Routes remembered per (tool, requested model); the model is the client's word, so
 # the memo is bounded.
 ROUTES_MAX = 4096
@@ -52,6 +63,19 @@ class Intake:
         route = self._route(catalog, tool, model)
         catalog.validator.validate(tool, args)
         return raw_args, route, continuation if isinstance(continuation, str) else None
+
+    def provider_of(self, catalog: Catalog, tool: str, params: bytes | None) -> str | None:
+        """The provider a hosted server's tools/call counts against: only for the tools
+        the routing tags (EXAI_MODEL_TOOLS, `<provider>_*`), by their `model` argument.
+        Raises InvalidArguments for a model that does not fit the tool."""
+        route = self._route(catalog, tool, None)
+        if route.provider is None and tool not in catalog.model_tools:
+            return None
+        try:
+            model = _MODEL_PARAMS.decode(params or b"{}").arguments.model
+        except msgspec.DecodeError:
+            model = None
+        return self._route(catalog, tool, model if isinstance(model, str) else None).provider
 
     def _route(self, catalog: Catalog, tool: str, model: str | None) -> Route:
         """resolve_route, remembered: it depends only on its arguments and the catalog."""

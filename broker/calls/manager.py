@@ -192,8 +192,15 @@ class CallManager:
             session.send(answered)
             return
         now = time.monotonic()
-        if self.shutting_down:
-            exc = ShuttingDown("the daemon is shutting down; retry after it restarts")
+        try:
+            if self.shutting_down:
+                raise ShuttingDown("the daemon is shutting down; retry after it restarts")
+            provider = (
+                self._intake.provider_of(self.catalog, label, params)
+                if method == "tools/call"
+                else None
+            )
+        except BrokerError as exc:
             session.send(self._frames.error(dialect, request_id, exc))
             self._tally.refused(session.id, label, exc)
             return
@@ -206,7 +213,7 @@ class CallManager:
             dialect,
             label,
             b"",
-            None,
+            provider,
             None,
             progress_token,
             now,

@@ -13,12 +13,35 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import PurePath
+from typing import NamedTuple
 
-__all__ = ["command_argv", "server_environment", "server_label"]
+__all__ = ["HostedCommand", "command_argv", "hosted_command", "server_environment", "server_label"]
 
 _WINDOWS = sys.platform == "win32"
 # Runners whose first argument that is not an option names the server itself.
 _RUNNERS = frozenset({"npx", "uvx", "pipx", "bunx", "python", "python3", "node", "uv", "deno"})
+
+
+class HostedCommand(NamedTuple):
+    label: str
+    argv: list[str]
+
+
+# Serves an SDK server object (`--server module:attr`) on stdio; run by module name,
+# so the daemon never imports the workers' code.
+OBJECT_SERVER_MODULE = "workers.object_server"
+
+
+def hosted_command(server_cmd: str, server: str) -> HostedCommand | None:
+    """The stdio server the daemon hosts: a `--server-cmd` command, or an SDK server
+    object (`--server module:attr`) served by its own process; None when the workers
+    serve the tools (built-ins, or a `--server module` of plain functions)."""
+    if server_cmd:
+        argv = command_argv(server_cmd)
+        return HostedCommand(server_label(argv), argv)
+    if ":" in server:
+        return HostedCommand(server, [sys.executable, "-m", OBJECT_SERVER_MODULE, server])
+    return None
 
 
 def command_argv(command: str) -> list[str]:

@@ -391,3 +391,30 @@ async def test_values_and_absent_fields_pass_unchanged(daemon_factory: DaemonFac
     assert rpc_text(done) == "done", json.dumps(done)
     assert rpc_text(bare) == "no arguments"
     assert rpc_text(empty) == "empty arguments"
+
+
+async def test_model_tools_of_a_hosted_server_count_against_their_provider(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """EXAI_MODEL_TOOLS=slow and a GLM cap of 1: a hosted `slow` call with a GLM model
+    holds the GLM slot, so another session's GLM call is refused OVER_CAPACITY (scope
+    provider) while a Kimi one runs."""
+    daemon = full_daemon(
+        daemon_factory,
+        "shared",
+        EXAI_MODEL_TOOLS="slow",
+        EXAI_WS_GLM_MAX_INFLIGHT="1",
+        EXAI_WS_QUEUE_TIMEOUT="0",
+    )
+    async with clients(daemon, "a", "b") as (a, b):
+        busy_id, _ = await a.start_call("slow", {"seconds": BUSY_S, "model": "glm-4.5"})
+        await wait_until(
+            lambda: daemon.health()["inflight"]["providers"].get("glm") == 1, "A's GLM slot"
+        )
+        refused = await b.call("slow", {"seconds": 0, "model": "glm-4.5"})
+        kimi = await b.call("slow", {"seconds": 0, "model": "kimi-k2-0905-preview"})
+        await a.cancel(busy_id)
+    assert refused["error"]["code"] == OVER_CAPACITY_RPC, refused
+    assert refused["error"]["data"]["scope"] == "provider"
+    assert refused["error"]["data"]["provider"] == "glm"
+    assert rpc_text(kimi) == "slept"

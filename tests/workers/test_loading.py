@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from exai.settings import Isolation, load_settings
+from exai.settings import load_settings
 from workers.__main__ import load_server
 from workers.builtin.tools import BuiltinTools
 from workers.host import ModuleToolServer, load_tool_server
-from workers.mcp_host import ClientToolServer
 from workers.ray_pool import RayToolPool
 
 
@@ -42,22 +41,21 @@ def test_a_ray_pool_makes_the_worker_its_bridge(pool: str) -> None:
     assert server._actor_env["EXAI_POOL"] == "local"
 
 
-def test_a_server_command_is_hosted_in_the_worker_whatever_the_pool() -> None:
-    settings = load_settings(
-        {"EXAI_POOL": "ray", "EXAI_SERVER_CMD": "uvx mcp-server-time", "EXAI_ISOLATION": "session"}
-    )
-    server = load_server(settings, {"EXAI_WS_TOKEN": "secret"})
-    assert isinstance(server, ClientToolServer)
-    assert server.name == "uvx"
-    assert server._isolation is Isolation.SESSION
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"EXAI_SERVER_CMD": "uvx mcp-server-time"},
+        {"EXAI_SERVER": "tests.fixtures.sdk_servers:server"},
+    ],
+)
+def test_what_the_daemon_hosts_is_never_loaded_by_a_worker(env: dict[str, str]) -> None:
+    """Stdio commands and SDK server objects belong to the daemon (broker/hosting): a
+    worker asked to load one refuses, instead of starting a second copy."""
+    with pytest.raises(ValueError, match="hosted by the daemon"):
+        load_tool_server(load_settings(env), {})
 
 
 def test_load_tool_server_never_builds_a_ray_pool() -> None:
     """The Ray tool hosts load their server with it, so it must not recurse into Ray."""
     server = load_tool_server(load_settings({"EXAI_POOL": "ray"}), {})
     assert isinstance(server, BuiltinTools)
-
-
-def test_client_tool_server_takes_the_isolation_as_its_string_too() -> None:
-    server = ClientToolServer("x", lambda: None, isolation="session")  # type: ignore[arg-type]
-    assert server._isolation is Isolation.SESSION
