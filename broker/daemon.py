@@ -368,6 +368,7 @@ class Daemon:
         hosting.on_progress = calls.handle_hosted_progress
         hosting.on_lost = calls.handle_hosted_lost
         hosting.on_ready = calls.retry_held
+        hosting.on_input_required = calls.input_required
         model_tools = frozenset(self.settings.model_tools)
         hosting.on_tools = lambda tools: setattr(
             calls, "catalog", Catalog.from_tools(tools, hosting.name, model_tools)

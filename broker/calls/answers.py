@@ -119,6 +119,9 @@ class AnswerFrames:
             )
         )
 
+    def raw_result(self, request_id: msgspec.Raw, result: bytes) -> bytes:
+        return b'{"jsonrpc":"2.0","id":' + request_id + b',"result":' + result + b"}"
+
     def raw_error(self, request_id: msgspec.Raw, error: bytes) -> bytes:
         """A JSON-RPC error answer carrying a hosted server's error object as it was."""
         return b'{"jsonrpc":"2.0","id":' + request_id + b',"error":' + error + b"}"

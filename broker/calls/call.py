@@ -41,6 +41,7 @@ import enum
 import msgspec
 
 from broker.calls.forwarding import ForwardTarget
+from broker.calls.rounds import Parked
 from broker.calls.scheduler import Lease, Waiter
 from broker.calls.session import Session
 from broker.pool.supervisor import WorkerHandle
@@ -107,6 +108,8 @@ class PendingCall(msgspec.Struct, eq=False):
     worker: WorkerHandle | None = None
     # The hosted instance a forwarded request was sent to, from RUNNING on.
     target: ForwardTarget | None = None
+    # Set while a 2026-07-28 client was sent `input_required` and has not retried.
+    parked: Parked | None = None
     admitted_at: float = 0.0
     # The queue-wait timer, while the call is QUEUED.
     timer: asyncio.TimerHandle | None = None

@@ -41,6 +41,7 @@ from broker.calls.catalog import Catalog
 from broker.calls.forwarding import Forwarder
 from broker.calls.intake import Intake
 from broker.calls.placement import Placement
+from broker.calls.rounds import Rounds, input_required_result
 from broker.calls.scheduler import Lease, Rejection, Scheduler, Waiter
 from broker.calls.session import Session
 from broker.calls.timeline import Timeline
@@ -90,6 +91,7 @@ class CallManager:
         self.placement = Placement(settings.isolation)
         # The hosted server requests are forwarded to (`forward`), when there is one.
         self.forwarder: Forwarder | None = None
+        self._rounds = Rounds()
         self.shutting_down = False
         self._intake = Intake(settings.default_model, registry or ModelRegistry())
         self._tally = Tally(record)
@@ -378,6 +380,13 @@ class CallManager:
         call = self.calls.pop(call_id, None)
         if call is None or call.state is _DONE:
             return
+        if call.parked is not None:
+            # Its client was sent input_required: the answer goes to the retry.
+            call.parked.reply = (result, error)
+            return
+        self._reply(call, result, error)
+
+    def _reply(self, call: PendingCall, result: bytes | None, error: bytes | None) -> None:
         if result is not None:
             tool_error = call.method == "tools/call" and is_tool_error(result)
             self._finish(call, payload=result, tool_error=tool_error)
@@ -395,6 +404,78 @@ class CallManager:
         call = self.calls.pop(call_id, None)
         if call is not None and call.state is not _DONE:
             self._finish(call, error=WorkerLost(f"{reason} while running {call.tool!r}"))
+
+    # --- 2026-07-28 multi-round-trip requests -----------------------------------------
+
+    def input_required(
+        self, session_id: str, handles: list[int], key: str, request: bytes
+    ) -> bool | None:
+        """A server request for `session_id`, whose calls in flight on the instance are
+        `handles`: True when it went to a 2026-07-28 call of the session as an
+        `input_required` round, False when several such calls could be the one, None
+        when the session has none (the request is sent to it as JSON-RPC)."""
+        modern = [
+            call
+            for handle in handles
+            if (call := self.calls.get(handle)) is not None
+            and call.session.id == session_id
+            and call.modern
+            and call.dialect is not _OP
+            and call.state is _RUNNING
+        ]
+        if not modern:
+            return None
+        if len(modern) > 1:
+            return False
+        call = modern[0]
+        if call.parked is not None:
+            call.parked.queued.append((key, request))
+        else:
+            self._send_round(call, [(key, request)])
+        return True
+
+    def _send_round(self, call: PendingCall, requests: list[tuple[str, bytes]]) -> None:
+        """Answer the call's request with input_required; the call itself keeps running
+        on the server, under a key of its own until the client retries."""
+        session = call.session
+        parked = self._rounds.park(call, session.id)
+        call.parked = parked
+        self._acks.discard(call.call_id)
+        frame = self._frames.raw_result(
+            call.request_id, input_required_result(requests, parked.state)
+        )
+        del session.calls[call.key]
+        call.key = b"\0" + parked.state.encode()
+        session.calls[call.key] = call
+        session.send(frame)
+
+    def resume(
+        self,
+        session: Session,
+        request_id: msgspec.Raw,
+        state: str,
+        responses: dict[str, msgspec.Raw] | None,
+    ) -> bool:
+        """A 2026-07-28 retry: its responses go to the server, and it takes over the
+        waiting call. False when `state` names no round of this session."""
+        parked = self._rounds.take(state, session.id)
+        if parked is None or parked.call.state is _DONE:
+            return False
+        call = parked.call
+        forwarder = self.forwarder
+        assert forwarder is not None
+        for key, response in (responses or {}).items():
+            forwarder.answer_input(session.id, key, bytes(response))
+        del session.calls[call.key]
+        call.request_id = request_id
+        call.key = bytes(request_id)
+        session.calls[call.key] = call
+        call.parked = None
+        if parked.queued:
+            self._send_round(call, parked.queued)
+        elif parked.reply is not None:
+            self._reply(call, *parked.reply)
+        return True
 
     def retry_held(self) -> None:
         """A hosted instance started (or failed to): the requests held for one go now."""
@@ -477,6 +558,10 @@ class CallManager:
     ) -> None:
         left = move(call, _DONE)
         session = call.session
+        if call.parked is not None:
+            # Its request was answered with input_required, and the client never retried.
+            self._rounds.drop(call.parked.state)
+            silent = True
         if left is not _RECEIVED:
             # It was tracked, and had its queue-wait timer or its deadline armed.
             if left is _QUEUED:

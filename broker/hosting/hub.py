@@ -87,6 +87,7 @@ class Hosting:
             session=session,
             levels=self.levels,
             subscriptions=self.subscriptions,
+            divert=self._divert,
         )
         self._session_of_call = session_of_call
         self._own_info = own_info
@@ -98,6 +99,10 @@ class Hosting:
         self.on_lost: Callable[[int, str], None] = _ignore_lost
         self.on_ready: Callable[[], None] = _nothing
         self.on_tools: Callable[[bytes], None] = _ignore_tools
+        # (session, calls in flight on the instance, key, request) -> see traffic.Divert
+        self.on_input_required: Callable[[str, list[int], str, bytes], bool | None] = (
+            _no_input_required
+        )
         self.presented: Presented = ({}, dict(own_info), None)
 
     @property
@@ -157,10 +162,12 @@ class Hosting:
     def set_level(self, session_id: str, level: str) -> bool:
         """Keep `level` for the session and have the server log at the lowest level
         any session wants. False when `level` is not an MCP level."""
+        before = self.levels.lowest()
         if not self.levels.set(session_id, level):
             return False
-        for instance in self.instances_for(session_id):
-            self._tell_level(instance)
+        if self.levels.lowest() != before:
+            for instance in self.instances_for(session_id):
+                self._tell_level(instance)
         return True
 
     def subscribe(self, session_id: str, uri: str) -> bool:
@@ -179,6 +186,11 @@ class Hosting:
     ) -> bool:
         """A client's answer to a server request; False if it answers nothing of ours."""
         return self.traffic.handle_answer(session_id, client_id, result, error)
+
+    def answer_input(self, session_id: str, key: str, response: bytes) -> bool:
+        """A 2026-07-28 client's input response (from a retried request's
+        `inputResponses`) to the server request `key`."""
+        return self.traffic.handle_answer(session_id, msgspec.json.encode(key), response, None)
 
     def notify(self, session_id: str, method: str, params: bytes | None) -> None:
         """A client notification for the server (roots/list_changed, say)."""
@@ -245,6 +257,12 @@ class Hosting:
         if instance is not None and self.levels.lowest() is not None:
             self._tell_level(instance)
         self.on_ready()
+
+    def _divert(
+        self, session_id: str, instance: HostedInstance, key: str, request: bytes
+    ) -> bool | None:
+        handles = [h for h in instance.relay.pending() if h >= 0]
+        return self.on_input_required(session_id, handles, key, request)
 
     def _sessions_in_flight(self, instance: HostedInstance) -> set[str]:
         found = set()
@@ -323,3 +341,7 @@ def _ignore_tools(tools: bytes) -> None:
 
 def _nothing() -> None:
     pass
+
+
+def _no_input_required(session_id: str, handles: list[int], key: str, request: bytes) -> None:
+    return None

@@ -14,7 +14,10 @@ that). Everything else needs a rule, because an instance may be shared:
 - a server request (`sampling/createMessage`, `elicitation/create`, `roots/list`):
   to the owner, or the one session with a request in flight; otherwise the server
   gets an error saying why, and the log advises session isolation for such servers.
-  The client's answer goes back to the instance under the server's own id.
+  The client's answer goes back to the instance under the server's own id. A
+  2026-07-28 client takes no server requests: its request in flight is answered with
+  an `input_required` result carrying the server's request instead (`divert`), and
+  the responses its retry carries go back the same way.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from broker.hosting.loglevels import LogLevels
 from broker.hosting.subscriptions import Subscriptions
 from exai.relay import Ask, Notice
 
-__all__ = ["ServerTraffic", "SessionLike"]
+__all__ = ["Divert", "ServerTraffic", "SessionLike"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,17 @@ class SessionLike(Protocol):
     closed: bool
 
     def send(self, data: bytes) -> None: ...
+
+
+# Offered a server request for a session before it is sent as a JSON-RPC request:
+# (session id, instance, the request's key, `{"method":...,"params":...}`) -> True when
+# it was delivered another way (a 2026-07-28 client's input_required result), False
+# when it cannot be told which of the session's requests it is for, None to send it.
+Divert = Callable[[str, HostedInstance, str, bytes], bool | None]
+
+
+def _never_divert(session_id: str, instance: HostedInstance, key: str, request: bytes) -> None:
+    return None
 
 
 class _LogParams(msgspec.Struct):
@@ -74,6 +88,7 @@ class ServerTraffic:
         session: Callable[[str], SessionLike | None],
         levels: LogLevels,
         subscriptions: Subscriptions,
+        divert: Divert | None = None,
     ) -> None:
         self.server_name = server_name
         self._owner_of = owner_of
@@ -82,6 +97,7 @@ class ServerTraffic:
         self._session = session
         self._levels = levels
         self._subscriptions = subscriptions
+        self._divert: Divert = divert or _never_divert
         self._next_ask = 0
         # (session id, the id the client saw) -> (instance, the relay's ask id)
         self._asks: dict[tuple[str, bytes], tuple[HostedInstance, int]] = {}
@@ -131,22 +147,30 @@ class ServerTraffic:
                 if target is None
                 else "the client session that would answer it is gone"
             )
-            log.warning(
-                "%s: refused %s: %s; run servers that sample, elicit or ask for roots "
-                "with session isolation (--isolation session)",
-                self.server_name,
-                ask.method,
-                why,
-            )
-            instance.answer(ask.ask_id, None, _error(f"{ask.method} refused by the broker: {why}"))
+            self._refuse(instance, ask, why)
             return
         self._next_ask += 1
-        client_id = msgspec.json.encode(f"{ASK_ID_PREFIX}{self._next_ask}")
+        key = f"{ASK_ID_PREFIX}{self._next_ask}"
+        client_id = msgspec.json.encode(key)
+        request = b'{"method":' + msgspec.json.encode(ask.method)
+        request += (b',"params":' + ask.params if ask.params else b"") + b"}"
+        diverted = self._divert(session.id, instance, key, request)
+        if diverted is False:
+            self._refuse(instance, ask, "the client has several requests in flight it could be for")
+            return
         self._asks[(session.id, client_id)] = (instance, ask.ask_id)
-        head = (
-            b'{"jsonrpc":"2.0","id":' + client_id + b',"method":' + msgspec.json.encode(ask.method)
+        if diverted is None:
+            session.send(b'{"jsonrpc":"2.0","id":' + client_id + b"," + request[1:])
+
+    def _refuse(self, instance: HostedInstance, ask: Ask, why: str) -> None:
+        log.warning(
+            "%s: refused %s: %s; run servers that sample, elicit or ask for roots "
+            "with session isolation (--isolation session)",
+            self.server_name,
+            ask.method,
+            why,
         )
-        session.send(head + (b',"params":' + ask.params if ask.params else b"") + b"}")
+        instance.answer(ask.ask_id, None, _error(f"{ask.method} refused by the broker: {why}"))
 
     # --- from a client ---------------------------------------------------------------
 

@@ -47,6 +47,8 @@ class Meta(msgspec.Struct):
     protocol_version: str | None = msgspec.field(
         default=None, name="io.modelcontextprotocol/protocolVersion"
     )
+    # A 2026-07-28 client's log level, sent with each request instead of logging/setLevel.
+    log_level: str | None = msgspec.field(default=None, name="io.modelcontextprotocol/logLevel")
 
 
 class CallToolParams(msgspec.Struct):
@@ -63,6 +65,13 @@ class CancelParams(msgspec.Struct):
 class GenericParams(msgspec.Struct):
     meta: Meta | None = msgspec.field(default=None, name="_meta")
     protocolVersion: str | None = None
+
+
+class ResumeParams(msgspec.Struct):
+    """A 2026-07-28 retry of a request that was answered `input_required`."""
+
+    requestState: str | None = None
+    inputResponses: dict[str, msgspec.Raw] | None = None
 
 
 class LevelParams(msgspec.Struct):
@@ -207,6 +216,12 @@ class FrameCodec:
             return self._cancel_decoder.decode(params)
         except (msgspec.DecodeError, RecursionError):
             return None
+
+    def resume_params(self, params: msgspec.Raw) -> ResumeParams:
+        try:
+            return msgspec.json.decode(params, type=ResumeParams)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise InvalidArguments(f"invalid requestState or inputResponses: {exc}") from None
 
     def level_params(self, params: msgspec.Raw) -> str:
         """`logging/setLevel`'s level ("" when missing or not a string)."""

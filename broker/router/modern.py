@@ -9,7 +9,9 @@ edge, per request, from the version that request declared. Pure.
 
 from __future__ import annotations
 
-__all__ = ["CACHEABLE_METHODS", "stamp_result"]
+import msgspec
+
+__all__ = ["CACHEABLE_METHODS", "ENVELOPE_KEYS", "stamp_result", "strip_envelope"]
 
 # Methods whose 2026-07-28 result is a CacheableResult.
 CACHEABLE_METHODS = frozenset(
@@ -23,6 +25,17 @@ CACHEABLE_METHODS = frozenset(
     }
 )
 
+# The `_meta` keys of the 2026-07-28 request envelope. A hosted server initialized in
+# the handshake era refuses requests that carry them, so they stay at the edge.
+ENVELOPE_KEYS = frozenset(
+    {
+        "io.modelcontextprotocol/protocolVersion",
+        "io.modelcontextprotocol/clientCapabilities",
+        "io.modelcontextprotocol/clientInfo",
+        "io.modelcontextprotocol/logLevel",
+    }
+)
+_RawDict = dict[str, msgspec.Raw]
 _COMPLETE = b'"resultType":"complete"'
 # The broker's lists change with its hosted servers and differ per daemon: a client
 # may not cache them across requests or share them with another user.
@@ -47,3 +60,21 @@ def stamp_result(result: bytes, method: str, server_info: bytes | None = None) -
     if rest.startswith(b"}"):
         return b"{" + stamp + rest
     return b"{" + stamp + b"," + rest
+
+
+def strip_envelope(params: bytes) -> bytes:
+    """`params` without the 2026-07-28 envelope keys in its `_meta` (and without a
+    `_meta` left empty by that); every other byte of every other field kept."""
+    fields = msgspec.json.decode(params, type=_RawDict)
+    meta_raw = fields.get("_meta")
+    if meta_raw is None:
+        return params
+    meta = msgspec.json.decode(meta_raw, type=_RawDict)
+    kept = {k: v for k, v in meta.items() if k not in ENVELOPE_KEYS}
+    if len(kept) == len(meta):
+        return params
+    if kept:
+        fields["_meta"] = msgspec.Raw(msgspec.json.encode(kept))
+    else:
+        del fields["_meta"]
+    return msgspec.json.encode(fields)

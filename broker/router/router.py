@@ -19,7 +19,7 @@ from broker.calls.session import Session, SessionRegistry
 from broker.hosting.hub import Hosting
 from broker.hosting.loglevels import LEVELS
 from broker.router.codec import Dialect, Envelope, FrameCodec
-from broker.router.modern import stamp_result
+from broker.router.modern import stamp_result, strip_envelope
 from broker.router.ops import (
     CallToolOp,
     CancelOp,
@@ -342,8 +342,22 @@ class FrameRouter:
         else:
             meta, label = self.codec.generic_params(env.params).meta, method
         modern = meta is not None and meta.protocol_version == MODERN_VERSION
+        if modern and b'"requestState"' in bytes(env.params):
+            resume = self.codec.resume_params(env.params)
+            if resume.requestState is not None:
+                if not self.calls.resume(
+                    session, request_id, resume.requestState, resume.inputResponses
+                ):
+                    raise InvalidArguments("unknown or expired requestState")
+                return
         local = self._hosted_local(session, method, env, hosting)
         if local is None:
+            if modern and params is not None:
+                assert meta is not None
+                if meta.log_level is not None:
+                    hosting.set_level(session.id, meta.log_level)
+                # The hosted instance speaks the handshake era: the envelope stays here.
+                params = strip_envelope(params)
             token = meta.progressToken if meta is not None else None
             self.calls.forward(
                 session,
