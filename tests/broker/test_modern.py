@@ -7,7 +7,7 @@ import json
 import pytest
 from mcp_types.methods import serialize_server_result
 
-from broker.router.modern import CACHEABLE_METHODS, stamp_result
+from broker.router.modern import CACHEABLE_METHODS, stamp_result, strip_envelope
 
 MODERN = "2026-07-28"
 SERVER_INFO = b'{"name":"exai-broker","version":"0"}'
@@ -64,3 +64,25 @@ def test_server_info_stamp_and_empty_object() -> None:
 def test_a_non_object_is_refused() -> None:
     with pytest.raises(ValueError, match="JSON object"):
         stamp_result(b"[]", "tools/call")
+
+
+def test_the_envelope_stays_at_the_edge_and_everything_else_passes() -> None:
+    """A handshake-era server refuses the 2026-07-28 envelope: only its keys go, and an
+    emptied `_meta` goes with them; other `_meta` keys and every other field stay."""
+    params = (
+        b'{"name":"echo","arguments":{"n":1.0,"x":null},"_meta":{"progressToken":7,'
+        b'"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+        b'"io.modelcontextprotocol/clientCapabilities":{},'
+        b'"io.modelcontextprotocol/logLevel":"info"}}'
+    )
+    stripped = strip_envelope(params)
+    assert json.loads(stripped) == {
+        "name": "echo",
+        "arguments": {"n": 1.0, "x": None},
+        "_meta": {"progressToken": 7},
+    }
+    assert b'"n":1.0' in stripped  # the number as the client wrote it
+    only_envelope = b'{"uri":"a","_meta":{"io.modelcontextprotocol/clientInfo":{}}}'
+    assert json.loads(strip_envelope(only_envelope)) == {"uri": "a"}
+    untouched = b'{"uri": "a", "_meta": {"k": 1}}'
+    assert strip_envelope(untouched) is untouched
