@@ -28,7 +28,7 @@ from broker.calls.scheduler import Scheduler
 from broker.calls.session import SessionRegistry
 from broker.hosting.command import HostedCommand, hosted_command, server_environment
 from broker.hosting.hub import Hosting
-from broker.hosting.instance import HandshakeError
+from broker.hosting.instance import ClientHello, HandshakeError
 from broker.lifecycle import Lifecycle, Part
 from broker.observe.calllog import MetricsWriter
 from broker.observe.files import HEALTH_FILE, METRICS_FILE
@@ -359,6 +359,7 @@ class Daemon:
             all_sessions=lambda: list(self.sessions.sessions.values()),
             session_of_call=self._session_of_call,
             own_info=SERVER_INFO,
+            client_of=self._client_of,
         )
 
     def _connect_hosting(self, hosting: Hosting) -> None:
@@ -373,6 +374,10 @@ class Daemon:
         hosting.on_tools = lambda tools: setattr(
             calls, "catalog", Catalog.from_tools(tools, hosting.name, model_tools)
         )
+
+    def _client_of(self, session_id: str) -> ClientHello | None:
+        session = self.sessions.sessions.get(session_id)
+        return session.client if session is not None else None
 
     def _session_of_call(self, call_id: int) -> str | None:
         call = self.calls.calls.get(call_id)
@@ -410,6 +415,25 @@ class Daemon:
                 )
                 self.calls.end_session(session)
                 self.sessions.forget(session)
+            self._end_sessions_over_budget()
+
+    def _end_sessions_over_budget(self) -> None:
+        """Detached sessions past EXAI_WS_DETACHED_MAX_BYTES / _SESSIONS end early,
+        oldest first: clients that come and go cannot grow the daemon without bound."""
+        settings = self.settings
+        for session in self.sessions.over_budget(
+            settings.detached_max_bytes, settings.detached_max_sessions
+        ):
+            log.warning(
+                "session %s ended before its resume grace: the disconnected sessions hold "
+                "more than EXAI_WS_DETACHED_MAX_BYTES (%d) or number more than "
+                "EXAI_WS_DETACHED_MAX_SESSIONS (%d)",
+                session.id[:8],
+                settings.detached_max_bytes,
+                settings.detached_max_sessions,
+            )
+            self.calls.end_session(session)
+            self.sessions.forget(session)
 
     def connection_closed(self, conn: WsConnection, ended: bool) -> None:
         """A client connection is gone: keep its session for a reconnect, or end it."""
@@ -424,6 +448,7 @@ class Daemon:
                 session.id[:8],
                 self.settings.resume_grace_s,
             )
+            self._end_sessions_over_budget()
         else:
             self.calls.end_session(session)
             self.sessions.forget(session)

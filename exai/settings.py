@@ -92,6 +92,9 @@ class Settings:
     queue_max_depth: int = 256
     resume_grace_s: float = 60.0
     send_buffer_bytes: int = 16 * 1024 * 1024
+    # What all the sessions waiting out their resume grace may hold at once.
+    detached_max_bytes: int = 256 * 1024 * 1024
+    detached_max_sessions: int = 256
     allowed_origins: tuple[str, ...] = ()
     workers: int = 4
     log_dir: str = "logs"
@@ -202,6 +205,8 @@ _DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_WS_QUEUE_MAX_DEPTH": ("queue_max_depth", integer(1)),
     "EXAI_WS_RESUME_GRACE": ("resume_grace_s", number(0)),
     "EXAI_WS_SEND_BUFFER_BYTES": ("send_buffer_bytes", integer(65536)),
+    "EXAI_WS_DETACHED_MAX_BYTES": ("detached_max_bytes", integer(0)),
+    "EXAI_WS_DETACHED_MAX_SESSIONS": ("detached_max_sessions", integer(0)),
     "EXAI_WS_ALLOWED_ORIGINS": ("allowed_origins", origins),
     "EXAI_WORKERS": ("workers", integer(1, 256)),
     "EXAI_LOG_DIR": ("log_dir", folder),

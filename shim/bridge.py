@@ -14,6 +14,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 from exai.errors import JSONRPC_CODES, ErrorCode
 from exai.settings import ShimSettings
@@ -188,6 +189,9 @@ class Bridge:
             self.pending.stop_timer(pending)
 
     # --- the connection's life -------------------------------------------------------
+
+    def awaited_ids(self) -> list[Any]:
+        return [p.request.request_id for p in self.pending.values() if p.sent]
 
     def handle_connected(self, ws: WebSocket, resumed: bool) -> None:
         self.ws = ws

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Protocol
+from typing import Any, Protocol
 
 from exai.settings import ShimSettings
 from shim import websocket
@@ -42,6 +42,10 @@ class DaemonPeer(Protocol):
     def done(self) -> asyncio.Event: ...
 
     def handle_connected(self, ws: WebSocket, resumed: bool) -> None: ...
+
+    def awaited_ids(self) -> list[Any]:
+        """The ids of requests sent to a daemon and not answered yet (for the hello)."""
+        ...
 
     def handle_disconnected(self) -> None: ...
 
@@ -120,7 +124,9 @@ class ConnectionLoop:
             max_message_bytes=settings.max_frame_bytes,
         )
         try:
-            await ws.send_text(hello_frame(self.session_id, settings.token))
+            await ws.send_text(
+                hello_frame(self.session_id, settings.token, self.peer.awaited_ids())
+            )
             return ws, read_hello_ack(await asyncio.wait_for(ws.recv(), settings.rpc_timeout_s))
         except SessionRefused as refused:
             # The closing handshake brings the daemon's close code: an older daemon's

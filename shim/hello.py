@@ -42,9 +42,17 @@ class SessionRefused(Exception):
         return SessionRefused(self.error, self.code, close_code)
 
 
-def hello_frame(session_id: str, token: str | None) -> bytes:
-    """The hello that opens session `session_id`, or resumes it on the same daemon."""
+def hello_frame(session_id: str, token: str | None, awaited: list[Any] | None = None) -> bytes:
+    """The hello that opens session `session_id`, or resumes it on the same daemon.
+
+    `awaited` lists the ids of the requests sent before and still unanswered: on a
+    resume the daemon gives back (never re-runs) the answers of those among them that
+    completed meanwhile, and knows every other answer it kept has arrived, so a later
+    request reusing such an id is a new request.
+    """
     hello: dict[str, Any] = {"op": "hello", "session_id": session_id, "acks": True}
+    if awaited is not None:
+        hello["awaited"] = awaited
     if token:
         hello["token"] = token
     return json.dumps(hello).encode()

@@ -43,7 +43,7 @@ from broker.calls.intake import Intake
 from broker.calls.placement import Placement
 from broker.calls.rounds import Rounds, input_required_result
 from broker.calls.scheduler import Lease, Rejection, Scheduler, Waiter
-from broker.calls.session import Session
+from broker.calls.session import EVICTED, Session
 from broker.calls.timeline import Timeline
 from broker.pool.supervisor import Supervisor, WorkerHandle
 from broker.router.codec import Dialect, FrameCodec
@@ -139,9 +139,7 @@ class CallManager:
             # A re-sent request id joins the call already running: it never runs twice.
             self._ack(existing)
             return
-        answered = session.recent.get(key)
-        if answered is not None:
-            session.send(answered)
+        if session.acks and self._replayed(session, dialect, request_id, key):
             return
         now = time.monotonic()
         try:
@@ -189,9 +187,7 @@ class CallManager:
         if existing is not None:
             self._ack(existing)
             return
-        answered = session.recent.get(key)
-        if answered is not None:
-            session.send(answered)
+        if session.acks and self._replayed(session, dialect, request_id, key):
             return
         now = time.monotonic()
         try:
@@ -225,6 +221,24 @@ class CallManager:
             params,
         )
         self._start(call, now)
+
+    def _replayed(
+        self, session: Session, dialect: Dialect, request_id: msgspec.Raw, key: bytes
+    ) -> bool:
+        """Answer a shim's re-sent request from what its session kept, if it is one: the
+        call is never run twice, whatever became of its answer meanwhile."""
+        answered = session.replay(key)
+        if answered is None:
+            return False
+        if answered == EVICTED:
+            exc = WorkerLost(
+                "this request completed while the shim was away, but its answer could not "
+                "be kept for it (too many or too large answers); it was not run again",
+                cause="answer_evicted",
+            )
+            answered = self._frames.error(dialect, request_id, exc)
+        session.send(answered)
+        return True
 
     def _start(self, call: PendingCall, now: float) -> None:
         """Admit, queue or refuse a RECEIVED call."""

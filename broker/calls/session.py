@@ -12,12 +12,28 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Outbound", "Session"]
+import msgspec
+
+from broker.hosting.instance import ClientHello
+
+__all__ = ["EVICTED", "Outbound", "Session", "canonical_id"]
 
 Outbound = Callable[[bytes], None]
 
 RECENT_MAX = 1024
 RECENT_MAX_BYTES = 8 * 1024 * 1024
+# Ids of answers that had to be let go of: a re-send of one is told so, never re-run.
+EVICTED_MAX = 65_536
+# What `replay` says of a re-sent id whose call completed but whose answer is gone.
+EVICTED = b""
+
+
+def canonical_id(raw: bytes) -> bytes:
+    """A request id in one spelling (`1`, `"a"`), however the client wrote it."""
+    try:
+        return msgspec.json.encode(msgspec.json.decode(raw))
+    except msgspec.DecodeError:
+        return raw
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -42,6 +58,14 @@ class Session:
     # instead of a second run (only for sessions that retry, i.e. shims).
     recent: OrderedDict[bytes, bytes] = dataclasses.field(default_factory=OrderedDict)
     recent_bytes: int = 0
+    # Ids whose answers were evicted from `recent` (values unused: an ordered set).
+    evicted: OrderedDict[bytes, None] = dataclasses.field(default_factory=OrderedDict)
+    # The ids a resuming shim said it still awaits (canonical), or None for a client
+    # that does not say (then every id in `recent` counts as a re-send).
+    awaited: set[bytes] | None = None
+    # Who the client said it is (initialize, or a 2026-07-28 envelope): what a hosted
+    # server's own instance for this session is told.
+    client: ClientHello | None = None
 
     def remember(self, key: bytes, frame: bytes) -> None:
         self.recent[key] = frame
@@ -51,8 +75,45 @@ class Session:
         while len(self.recent) > 1 and (
             len(self.recent) > RECENT_MAX or self.recent_bytes > RECENT_MAX_BYTES
         ):
-            _, old = self.recent.popitem(last=False)
+            old_key, old = self.recent.popitem(last=False)
             self.recent_bytes -= len(old)
+            self.evicted[old_key] = None
+            if len(self.evicted) > EVICTED_MAX:
+                self.evicted.popitem(last=False)
+
+    def expect_resends(self, awaited: list[Any]) -> None:
+        """A shim resumed, still awaiting the answers of `awaited` (ids): every other
+        answer kept for it has arrived, and is let go of."""
+        keys = {msgspec.json.encode(value) for value in awaited}
+        for key in [k for k in self.recent if canonical_id(k) not in keys]:
+            self.recent_bytes -= len(self.recent.pop(key))
+        for key in [k for k in self.evicted if canonical_id(k) not in keys]:
+            del self.evicted[key]
+        self.awaited = keys
+
+    def replay(self, key: bytes) -> bytes | None:
+        """The answer to give a request id instead of running it: the kept answer of a
+        re-send, EVICTED for a re-send whose answer is gone, None to run it (a new
+        request, even one reusing the id of an answer the client has)."""
+        awaited = self.awaited
+        if awaited is not None:
+            canonical = canonical_id(key) if awaited else b""
+            if canonical not in awaited:
+                stale = self.recent.pop(key, None)
+                if stale is not None:
+                    self.recent_bytes -= len(stale)
+                self.evicted.pop(key, None)
+                return None
+            awaited.discard(canonical)
+        frame = self.recent.get(key)
+        if frame is not None:
+            return frame
+        return EVICTED if key in self.evicted else None
+
+    @property
+    def held_bytes(self) -> int:
+        """What this session keeps for a reconnect."""
+        return self.outbox_bytes + self.recent_bytes
 
     @property
     def attached(self) -> bool:
@@ -117,6 +178,22 @@ class SessionRegistry:
         session.attach(send_fn)
         self.sessions[session_id] = session
         return session, False, []
+
+    def over_budget(self, max_bytes: int, max_sessions: int) -> list[Session]:
+        """Detached sessions to end now, oldest first, so that what the others hold
+        stays within `max_bytes` and there are at most `max_sessions` of them."""
+        detached = sorted(
+            (s for s in self.sessions.values() if s.detached_at is not None and not s.closed),
+            key=lambda s: s.detached_at or 0.0,
+        )
+        total = sum(s.held_bytes for s in detached)
+        ended: list[Session] = []
+        for session in detached:
+            if total <= max_bytes and len(detached) - len(ended) <= max_sessions:
+                break
+            ended.append(session)
+            total -= session.held_bytes
+        return ended
 
     def expired(self, now: float) -> list[Session]:
         """Detached sessions whose grace is over (the caller ends and forgets them)."""

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from broker.hosting.identity import Presented, present
-from broker.hosting.instance import HandshakeError, HostedInstance, ServerIdentity
+from broker.hosting.instance import ClientHello, HandshakeError, HostedInstance, ServerIdentity
 from broker.hosting.loglevels import LEVELS, LogLevels
 from broker.hosting.server import HostedServer, NoInstance, ServerState
 from broker.hosting.subscriptions import Subscriptions
@@ -62,6 +62,7 @@ class Hosting:
         all_sessions: Callable[[], Iterable[SessionLike]],
         session_of_call: Callable[[int], str | None],
         own_info: dict[str, Any],
+        client_of: Callable[[str], ClientHello | None] | None = None,
     ) -> None:
         self.name = name
         self.levels = LogLevels()
@@ -72,6 +73,7 @@ class Hosting:
             on_event=self._event,
             on_exit=self._exited,
             on_start=self._started,
+            client_of=client_of,
             env=env,
             instances=instances,
             isolation=isolation,

@@ -27,18 +27,22 @@ from exai import __version__
 from exai.coalesce import WriteCoalescer
 from exai.relay import Relay, RelayEvent, Reply
 
-__all__ = ["HandshakeError", "HostedInstance", "ServerIdentity"]
+__all__ = ["ClientHello", "HandshakeError", "HostedInstance", "ServerIdentity"]
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_VERSION = "2025-11-25"
-# What the daemon offers a hosted server as its client: it forwards each of these to
-# the client session the request belongs to (or refuses when none can be proven).
+# What the daemon offers a shared hosted server as its client: it forwards each of
+# these to the client session the request belongs to (or refuses when none can be
+# proven). The plain forms every client that has the feature supports: a server that
+# shows clients of a richer form extra tools would show them to clients without it.
 CLIENT_CAPABILITIES: dict[str, Any] = {
     "roots": {"listChanged": True},
     "sampling": {},
-    "elicitation": {"form": {}, "url": {}},
+    "elicitation": {},
 }
+CLIENT_CAPABILITIES_JSON = msgspec.json.encode(CLIENT_CAPABILITIES)
+CLIENT_INFO_JSON = msgspec.json.encode({"name": "exai-broker", "version": __version__})
 STDERR_TAIL_LINES = 40
 # Requests the instance makes for itself use negative handles: never a call's.
 _HANDSHAKE = -1
@@ -48,6 +52,17 @@ _POSIX = sys.platform != "win32"
 
 class HandshakeError(RuntimeError):
     """The server did not complete `initialize`; the message says how it failed."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientHello:
+    """Who the hosted server is told its client is: under session isolation, the
+    session's own client (its version, capabilities and clientInfo, raw JSON), so the
+    server treats it as it would talking to it directly."""
+
+    protocol_version: str = HANDSHAKE_VERSION
+    capabilities: bytes = CLIENT_CAPABILITIES_JSON
+    client_info: bytes = CLIENT_INFO_JSON
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,6 +158,7 @@ class HostedInstance:
         cwd: str | None = None,
         on_event: Callable[[HostedInstance, RelayEvent], None],
         max_line_bytes: int = 33_554_432,
+        client: ClientHello | None = None,
     ) -> None:
         if not argv:
             raise ValueError(f"server {name!r} has no command")
@@ -151,6 +167,7 @@ class HostedInstance:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.relay = Relay()
+        self.client = client or ClientHello()
         self.identity: ServerIdentity | None = None
         self._on_event = on_event
         self._max_line_bytes = max_line_bytes
@@ -181,19 +198,17 @@ class HostedInstance:
             raise HandshakeError(f"cannot start {self.argv[0]!r}: {exc}") from exc
         self._pipes = pipes
         self._handshake = self._loop.create_future()
-        self._write(
-            self.relay.request(
-                _HANDSHAKE,
-                "initialize",
-                msgspec.json.encode(
-                    {
-                        "protocolVersion": HANDSHAKE_VERSION,
-                        "capabilities": CLIENT_CAPABILITIES,
-                        "clientInfo": {"name": "exai-broker", "version": __version__},
-                    }
-                ),
-            )
+        client = self.client
+        params = (
+            b'{"protocolVersion":'
+            + msgspec.json.encode(client.protocol_version)
+            + b',"capabilities":'
+            + client.capabilities
+            + b',"clientInfo":'
+            + client.client_info
+            + b"}"
         )
+        self._write(self.relay.request(_HANDSHAKE, "initialize", params))
         handshake = self._handshake
 
         def fail_handshake(_: object) -> None:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from broker.hosting.instance import HandshakeError, HostedInstance, ServerIdentity
+from broker.hosting.instance import ClientHello, HandshakeError, HostedInstance, ServerIdentity
 from exai.relay import RelayEvent
 from exai.settings import Isolation
 
@@ -70,6 +70,7 @@ class HostedServer:
         on_event: EventSink,
         on_exit: Callable[[HostedInstance], None],
         on_start: Callable[[HostedInstance | None], None] | None = None,
+        client_of: Callable[[str], ClientHello | None] | None = None,
         instances: int = 1,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
@@ -93,6 +94,7 @@ class HostedServer:
         self._on_event = on_event
         self._on_exit = on_exit
         self._on_start = on_start
+        self._client_of = client_of
         self._max_line_bytes = max_line_bytes
         self._shared: list[HostedInstance | None] = [None] * self.shared_instances
         # Why a session's instance could not be opened, told on its next request.
@@ -219,7 +221,10 @@ class HostedServer:
 
     # --- internals -------------------------------------------------------------------
 
-    async def _open(self) -> HostedInstance:
+    async def _open(self, session_id: str | None = None) -> HostedInstance:
+        client = None
+        if session_id is not None and self._client_of is not None:
+            client = self._client_of(session_id)
         instance = HostedInstance(
             self.name,
             self.argv,
@@ -227,13 +232,14 @@ class HostedServer:
             cwd=self.cwd,
             on_event=self._on_event,
             max_line_bytes=self._max_line_bytes,
+            client=client,
         )
         await instance.start(START_TIMEOUT_S)
         return instance
 
     async def _open_for(self, session_id: str, opening: asyncio.Future[HostedInstance]) -> None:
         try:
-            instance = await self._open()
+            instance = await self._open(session_id)
         except HandshakeError as exc:
             self._open_failures[session_id] = str(exc)
             opening.set_exception(NoInstance(str(exc)))

@@ -141,12 +141,15 @@ class ServerTraffic:
         target = self._single_target(instance)
         session = self._session(target) if target is not None else None
         if session is None or session.closed:
-            why = (
-                "no single client session can answer it (requests of several sessions are "
-                "in flight on this shared instance)"
-                if target is None
-                else "the client session that would answer it is gone"
-            )
+            if target is not None:
+                why = "the client session that would answer it is gone"
+            elif self._in_flight(instance):
+                why = (
+                    "no single client session can answer it (requests of several sessions "
+                    "are in flight on this shared instance)"
+                )
+            else:
+                why = "no client request is in flight on this shared instance"
             self._refuse(instance, ask, why)
             return
         self._next_ask += 1

@@ -49,6 +49,12 @@ class Meta(msgspec.Struct):
     )
     # A 2026-07-28 client's log level, sent with each request instead of logging/setLevel.
     log_level: str | None = msgspec.field(default=None, name="io.modelcontextprotocol/logLevel")
+    client_capabilities: msgspec.Raw = msgspec.field(
+        default=ABSENT, name="io.modelcontextprotocol/clientCapabilities"
+    )
+    client_info: msgspec.Raw = msgspec.field(
+        default=ABSENT, name="io.modelcontextprotocol/clientInfo"
+    )
 
 
 class CallToolParams(msgspec.Struct):
@@ -65,6 +71,9 @@ class CancelParams(msgspec.Struct):
 class GenericParams(msgspec.Struct):
     meta: Meta | None = msgspec.field(default=None, name="_meta")
     protocolVersion: str | None = None
+    # initialize's: who the client is (kept raw, to tell a session's own instance).
+    capabilities: msgspec.Raw = ABSENT
+    clientInfo: msgspec.Raw = ABSENT
 
 
 class ResumeParams(msgspec.Struct):

@@ -54,6 +54,8 @@ class HelloOp(_Op, frozen=True, tag="hello"):
     token: str | None = None
     session_id: str | None = None
     acks: bool = False
+    # A resuming shim's requests still unanswered (their ids); None: it does not say.
+    awaited: list[Any] | None = None
 
 
 class CallToolOp(_Op, frozen=True, tag="call_tool"):

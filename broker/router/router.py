@@ -17,6 +17,7 @@ import msgspec
 from broker.calls.manager import CallManager
 from broker.calls.session import Session, SessionRegistry
 from broker.hosting.hub import Hosting
+from broker.hosting.instance import ClientHello
 from broker.hosting.loglevels import LEVELS
 from broker.router.codec import Dialect, Envelope, FrameCodec
 from broker.router.modern import stamp_result, strip_envelope
@@ -181,6 +182,11 @@ class FrameRouter:
                 raise InvalidFrame('a frame needs "jsonrpc": "2.0" or an "op"')
         except BrokerError as exc:
             self._bad_frame(peer, exc, env)
+        except Exception as exc:
+            # A defect of ours must cost this one request, never the connection (and
+            # with it every call of the session).
+            log.exception("internal error handling a frame of session %s", _short(session.id))
+            self._bad_frame(peer, BrokerError(f"internal error: {type(exc).__name__}"), env)
 
     # --- session opening -------------------------------------------------------------
 
@@ -214,6 +220,10 @@ class FrameRouter:
         peer.authenticated = True
         peer.dialect = Dialect.OP
         session, resumed, held = self.sessions.open(session_id, peer.send, hello.acks)
+        if hello.awaited is not None:
+            session.expect_resends(hello.awaited)
+        else:
+            session.awaited = None
         previous, session.owner = session.owner, peer
         if previous is not None and previous is not peer:
             # One connection per session: the newest wins (the old one is likely dead).
@@ -342,6 +352,11 @@ class FrameRouter:
         else:
             meta, label = self.codec.generic_params(env.params).meta, method
         modern = meta is not None and meta.protocol_version == MODERN_VERSION
+        if modern and session.client is None:
+            assert meta is not None
+            session.client = _client_hello(
+                LATEST_HANDSHAKE_VERSION, meta.client_capabilities, meta.client_info
+            )
         if modern and b'"requestState"' in bytes(env.params):
             resume = self.codec.resume_params(env.params)
             if resume.requestState is not None:
@@ -385,8 +400,10 @@ class FrameRouter:
         if method == "ping":
             return b"{}"
         if method == "initialize":
-            wanted = self.codec.generic_params(env.params).protocolVersion
+            init = self.codec.generic_params(env.params)
+            wanted = init.protocolVersion
             version = wanted if wanted in SUPPORTED_HANDSHAKE_VERSIONS else LATEST_HANDSHAKE_VERSION
+            session.client = _client_hello(version, init.capabilities, init.clientInfo)
             body: dict[str, Any] = {
                 "protocolVersion": version,
                 "capabilities": capabilities,
@@ -493,6 +510,15 @@ class FrameRouter:
         else:
             request_id = env.request_id if env is not None and present(env.request_id) else None
             peer.send(self.codec.op_error(request_id, exc))
+
+
+def _client_hello(version: str, capabilities: msgspec.Raw, info: msgspec.Raw) -> ClientHello:
+    """What the client said of itself, for its own hosted instance (the broker's own
+    defaults where it said nothing usable)."""
+    default = ClientHello()
+    caps = bytes(capabilities) if bytes(capabilities)[:1] == b"{" else default.capabilities
+    client_info = bytes(info) if bytes(info)[:1] == b"{" else default.client_info
+    return ClientHello(version, caps, client_info)
 
 
 def _short(session_id: str) -> str:

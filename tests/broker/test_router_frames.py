@@ -420,3 +420,27 @@ def test_dialects_keep_their_wire_words() -> None:
     assert (Dialect.MCP, Dialect.OP) == ("mcp", "op")
     assert f"{Dialect.OP}" == "op"
     assert msgspec.json.encode(Dialect.MCP) == b'"mcp"'
+
+
+def test_a_defect_while_handling_a_frame_costs_that_request_not_the_connection(
+    front: Front, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong inside the router answers that request with a typed
+    INTERNAL error; the connection stays open and its next request is served."""
+    peer = FakePeer()
+    front.feed(peer, {"jsonrpc": "2.0", "id": 1, "method": "ping"})
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(front.broker.manager, "submit", broken)
+    front.feed(
+        peer,
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo"}},
+    )
+    assert peer.last["id"] == 2
+    assert peer.last["error"]["data"]["code"] == "INTERNAL"
+    assert peer.closed is None
+    monkeypatch.undo()
+    front.feed(peer, {"jsonrpc": "2.0", "id": 3, "method": "ping"})
+    assert peer.last == {"jsonrpc": "2.0", "id": 3, "result": {}}
