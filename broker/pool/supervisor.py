@@ -302,11 +302,15 @@ class Supervisor:
         handle.kill()
 
     def check_health(self) -> None:
-        """One heartbeat round: recycle each ready worker that is unwell, ping the rest."""
+        """One heartbeat round: recycle each running worker that is unwell, ping the rest.
+
+        A draining worker is watched like a ready one: hung in its last call, it would
+        never drain, and its slot would never get a successor.
+        """
         now = self._clock()
         self._heartbeat_seq += 1
         for handle in self.workers:
-            if handle.state is not _S.READY:
+            if handle.state is not _S.READY and handle.state is not _S.DRAINING:
                 continue
             why = recycle_reason(handle, now, self._heartbeat_timeout_s)
             if why is not None:

@@ -536,3 +536,30 @@ async def test_an_idle_worker_that_asks_is_replaced_at_once(pools: Callable[...,
     assert pool.workers[1].state is WorkerState.STOPPING
     await pool.replaced(1, old)
     assert pool.workers[0].state is WorkerState.READY
+
+
+@pytest.mark.parametrize("hang", ["silent", "ignores its cancel"])
+async def test_a_draining_worker_hung_in_its_last_call_is_replaced(
+    pools: Callable[..., Pool], hang: str
+) -> None:
+    """--max-calls-per-worker drained a worker whose last call hangs: it is watched
+    like a ready worker, recycled when it stops answering heartbeats or ignores the
+    cancel of that call, and its slot gets a successor."""
+    pool = pools(2, max_calls=1)
+    await pool.supervisor.start(timeout_s=STEP_S)
+    old = pool.process(0)
+    handle = pool.workers[0]
+    handle.calls.add(7)
+    pool.supervisor.note_dispatch(handle)
+    assert handle.state is WorkerState.DRAINING
+    if hang == "silent":
+        pool.clock.now += 31.0  # past the 30 s heartbeat timeout
+    else:
+        pool.supervisor.cancel_call(handle, 7)
+        pool.clock.now += CANCEL_GRACE_S + 1
+        old.events.handle_message(Heartbeat(1))
+    pool.supervisor.check_health()
+    assert old.killed
+    fresh = await pool.replaced(0, old)
+    assert fresh.pid != old.pid
+    assert pool.lost[0][1] == {7}
