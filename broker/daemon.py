@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.calls.catalog import Catalog
-from broker.calls.manager import CallManager, CallRecord
+from broker.calls.manager import CallManager, CallRecord, PendingCall
 from broker.calls.scheduler import Scheduler
 from broker.calls.session import SessionRegistry
 from broker.hosting.command import HostedCommand, hosted_command, server_environment
@@ -44,7 +44,7 @@ from broker.web.auth import Auth
 from broker.web.clients import Clients
 from broker.web.connection import WsConnection
 from broker.web.listener import bind_socket
-from exai.errors import DAEMON_SHUTDOWN_CAUSE, WorkerLost
+from exai.errors import DAEMON_SHUTDOWN_CAUSE, BrokerError, WorkerLost
 from exai.exits import ExitCode
 from exai.net import ws_url
 from exai.settings import Settings, worker_overrides
@@ -61,6 +61,14 @@ WORKER_STOP_GRACE_S = 1.0
 FAILED_POOL_STOP_GRACE_S = 0.5
 METRICS_FLUSH_TIMEOUT_S = 10.0
 REAP_INTERVAL_S = 1.0
+
+
+def _cut_by_shutdown(call: PendingCall) -> BrokerError:
+    return WorkerLost(
+        f"the daemon shut down (for a restart or stop) while {call.tool!r} was running; "
+        "it may have partly run",
+        cause=DAEMON_SHUTDOWN_CAUSE,
+    )
 
 
 class ServerStartFailure(RuntimeError):
@@ -307,16 +315,7 @@ class Daemon:
         try:
             yield
         finally:
-            for call in list(self.calls.calls.values()):
-                if not call.done:
-                    self.calls.fail(
-                        call,
-                        WorkerLost(
-                            f"the daemon shut down (for a restart or stop) while {call.tool!r} "
-                            "was running; it may have partly run",
-                            cause=DAEMON_SHUTDOWN_CAUSE,
-                        ),
-                    )
+            self.calls.close(list(self.sessions.sessions.values()), _cut_by_shutdown)
 
     @contextlib.asynccontextmanager
     async def _listener(self) -> AsyncIterator[None]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -93,6 +93,8 @@ class CallManager:
         self.forwarder: Forwarder | None = None
         self._rounds = Rounds()
         self.shutting_down = False
+        # Set once the drain grace is over: no call starts after that, queued or not.
+        self.closed = False
         self._intake = Intake(settings.default_model, registry or ModelRegistry())
         self._tally = Tally(record)
         self._frames = AnswerFrames(codec)
@@ -272,6 +274,11 @@ class CallManager:
         call.admitted_at = time.monotonic()
         if queued:
             call.stop_queue_timer()
+        if self.closed:
+            # Capacity freed by the calls shutdown fails: this one must not start now.
+            move(call, _HELD)
+            self._finish(call, error=_never_started())
+            return
         self._deadlines.add(call.call_id, call)
         if not queued:
             self._ack(call)  # a queued call had its ack when it was queued
@@ -537,6 +544,25 @@ class CallManager:
         if self.forwarder is not None:
             self.forwarder.end_session(session.id)
 
+    def close(
+        self, sessions: Iterable[Session], running_error: Callable[[PendingCall], BrokerError]
+    ) -> None:
+        """The drain is over: answer every call of `sessions` still open. Those that
+        never started (queued, or held for a worker) get SHUTTING_DOWN; the running ones
+        `running_error(call)`. Queued calls go first, so that no capacity the others
+        give back starts one."""
+        self.closed = True
+        self.shutting_down = True
+        tracked = [call for session in sessions for call in list(session.calls.values())]
+        for call in tracked:
+            if call.state is _QUEUED:
+                self.fail(call, _never_started())
+        for call in tracked:
+            if call.state is _HELD:
+                self.fail(call, _never_started())
+            elif call.state is _RUNNING:
+                self.fail(call, running_error(call))
+
     def fail(self, call: PendingCall, error: BrokerError) -> None:
         """End a call with `error` now, telling its worker (if any) to stop it."""
         if call.state is _DONE:
@@ -641,3 +667,7 @@ class CallManager:
         call.session.calls[call.key] = call
         self._active += 1
         self._idle.clear()
+
+
+def _never_started() -> ShuttingDown:
+    return ShuttingDown("the daemon shut down before this call started; it did not run")

@@ -780,3 +780,25 @@ def test_error_answers_in_both_dialects_carry_the_code(make: Callable[..., Broke
         "data": {"code": "TOOL_NOT_FOUND", "tool": "nope"},
     }
     assert broker.outcomes() == [ErrorCode.TOOL_NOT_FOUND] * 2
+
+
+def test_closing_answers_queued_calls_first_and_starts_none(make: Callable[..., Broker]) -> None:
+    """After the drain grace: a queued call gets SHUTTING_DOWN (it never ran) and the
+    capacity the running call gives back when it is failed starts nothing."""
+    broker = make(session_max_inflight=1, global_max_inflight=1, queue_timeout_s=60.0)
+    first, second, third = broker.client(), broker.client(), broker.client()
+    broker.call(first, "running")
+    broker.call(second, "queued")
+    broker.call(third, "queued-too")
+    assert len(broker.dispatched()) == 1
+
+    def cut(call: Any) -> WorkerLost:
+        return WorkerLost("cut by the shutdown", cause="daemon_shutdown")
+
+    broker.manager.close(list(broker.sessions.sessions.values()), cut)
+    assert len(broker.dispatched()) == 1, "no call may start once closed"
+    assert error_code(first.answer("running")) == "WORKER_LOST"
+    assert error_code(second.answer("queued")) == "SHUTTING_DOWN"
+    assert error_code(third.answer("queued-too")) == "SHUTTING_DOWN"
+    assert broker.manager.inflight() == 0
+    broker.assert_capacity_free()
