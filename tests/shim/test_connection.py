@@ -37,6 +37,9 @@ class Peer:
     def handle_connected(self, ws: WebSocket, resumed: bool) -> None:
         self.connected.append(resumed)
 
+    def awaited_ids(self) -> list[Any]:
+        return []
+
     def handle_disconnected(self) -> None:
         pass
 
@@ -130,7 +133,7 @@ async def test_a_refused_token_is_recognised(start_loop: StartLoop, script: Scri
     await async_wait_for(lambda: peer.unauthorized, 10, "the refusal to be reported")
     assert "refused our token" in peer.unauthorized[0]
     assert "EXAI_WS_TOKEN" in peer.unauthorized[0]
-    assert daemon.hellos[0] == {"op": "hello", "session_id": "s-1", "acks": True}
+    assert daemon.hellos[0] == {"op": "hello", "session_id": "s-1", "acks": True, "awaited": []}
     assert peer.connected == []
 
 

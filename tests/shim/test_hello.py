@@ -58,3 +58,13 @@ def test_unreadable_answers_are_refusals(frame: bytes) -> None:
     with pytest.raises(SessionRefused) as caught:
         read_hello_ack(frame)
     assert not caught.value.unauthorized
+
+
+def test_a_resuming_hello_names_the_requests_still_awaited() -> None:
+    """The daemon gives those back (never re-runs them) and lets go of every other answer."""
+    assert json.loads(hello_frame("s1", None, [1, "two"])) == {
+        "op": "hello",
+        "session_id": "s1",
+        "acks": True,
+        "awaited": [1, "two"],
+    }
