@@ -8,6 +8,7 @@ of ops.py, which turn a tool result into outputs and text for the op client.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -65,6 +66,7 @@ class _ServerError(msgspec.Struct):
 
 _TOOL_RESULT = msgspec.json.Decoder(_ToolResult)
 _IS_ERROR = msgspec.json.Decoder(_IsError)
+_IS_ERROR_TRUE = re.compile(rb'"isError"\s*:\s*true')
 _PROGRESS = msgspec.json.Decoder(_ProgressParams)
 _SERVER_ERROR = msgspec.json.Decoder(_ServerError)
 # An alias: looking a member up on an Enum class costs a descriptor call per answer.
@@ -157,7 +159,13 @@ class AnswerFrames:
 
 
 def is_tool_error(result: bytes) -> bool:
-    """True for a CallToolResult with `"isError": true` (counted as EXEC_ERROR)."""
+    """True for a CallToolResult with `"isError": true` (counted as EXEC_ERROR).
+
+    A byte search first: a quote inside a JSON string is escaped, so an unescaped
+    `"isError"` is a key, and most results are told apart without being parsed.
+    """
+    if b'"isError"' not in result or _IS_ERROR_TRUE.search(result) is None:
+        return False
     try:
         return _IS_ERROR.decode(result).isError is True
     except msgspec.DecodeError:

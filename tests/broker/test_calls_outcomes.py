@@ -15,9 +15,11 @@ import json
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker.calls.answers import is_tool_error
 from broker.calls.call import CallState
 from broker.router.codec import Dialect
 from exai.errors import WorkerLost
@@ -272,3 +274,22 @@ def test_random_mixed_outcomes_answer_once_and_free_all_capacity(
         run.finish()
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (b'{"content":[],"isError":true}', True),
+        (b'{"content":[], "isError" : true }', True),
+        (b'{"content":[],"isError":false}', False),
+        (b'{"content":[{"type":"text","text":"\\"isError\\":true"}]}', False),
+        (b'{"structuredContent":{"isError":true},"isError":false}', False),
+        (b'{"content":[]}', False),
+    ],
+)
+def test_a_hosted_tool_error_is_told_by_its_own_top_level_flag(
+    result: bytes, expected: bool
+) -> None:
+    """What metrics count as EXEC_ERROR for a forwarded tools/call: only the result's
+    own isError, not a text or a nested object that mentions it."""
+    assert is_tool_error(result) is expected
