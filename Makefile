@@ -37,15 +37,18 @@ node-tools:
 	elif command -v npm >/dev/null 2>&1; then \
 		mkdir -p $(NODE_DIR) && cd $(NODE_DIR) && \
 		HOME="$$(pwd)" npm install --no-audit --no-fund --silent \
-			@modelcontextprotocol/server-everything @modelcontextprotocol/inspector@2.12.0 \
+			@modelcontextprotocol/server-everything @modelcontextprotocol/inspector@2.12.0 @modelcontextprotocol/sdk \
 		|| echo "npm install failed: interop tests will be skipped"; \
 	else echo "npm not found: interop tests will be skipped"; fi
 
 run: install-run
 	$(PY) -m broker --workers 4
 
+# The soak and fuzz tests load the whole machine: they run after the rest, one at a
+# time, so that neither they nor the others are measured against each other's load.
 test: install node-tools
-	$(PY) -m pytest -n 2 --dist loadfile -m "not ray"
+	$(PY) -m pytest -n 2 --dist loadfile -m "not ray and not slow"
+	$(PY) -m pytest -m "slow and not ray" -p no:cacheprovider
 	@$(MAKE) --no-print-directory test-ray
 
 # The Ray pool's tests need the ray extra and run in a network namespace with only

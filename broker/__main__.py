@@ -15,6 +15,7 @@ from broker.observe.files import SERVER_LOG
 from exai import __version__
 from exai.exits import ExitCode
 from exai.loops import run_program
+from exai.memory import return_big_frees
 from exai.settings import (
     Settings,
     SettingsError,
@@ -223,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"exai-broker: {ray_missing_message(settings.pool)}", file=sys.stderr)
         return ExitCode.USAGE
     configure_logging(settings)
+    # The daemon lives for days and passes large frames: what a burst takes goes back.
+    return_big_frees()
     from broker.daemon import serve
 
     return run_program(serve(settings, environ))

@@ -46,6 +46,7 @@ from broker.web.connection import WsConnection
 from broker.web.listener import bind_socket
 from exai.errors import DAEMON_SHUTDOWN_CAUSE, BrokerError, WorkerLost
 from exai.exits import ExitCode
+from exai.memory import trim
 from exai.net import ws_url
 from exai.settings import Settings, worker_overrides
 
@@ -61,6 +62,8 @@ WORKER_STOP_GRACE_S = 1.0
 FAILED_POOL_STOP_GRACE_S = 0.5
 METRICS_FLUSH_TIMEOUT_S = 10.0
 REAP_INTERVAL_S = 1.0
+# At most this often, when no call is in flight, free heap pages go back to the system.
+TRIM_INTERVAL_S = 10.0
 
 
 def _cut_by_shutdown(call: PendingCall) -> BrokerError:
@@ -101,6 +104,7 @@ class Daemon:
         self._sock = sock
         self._stop = asyncio.Event()
         self._fatal: str | None = None
+        self._trimmed_at = 0.0
         log_dir = Path(settings.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.auth = Auth(settings.token)
@@ -415,6 +419,11 @@ class Daemon:
                 self.calls.end_session(session)
                 self.sessions.forget(session)
             self._end_sessions_over_budget()
+            now = time.monotonic()
+            if not self.calls.inflight() and now - self._trimmed_at > TRIM_INTERVAL_S:
+                # Idle: give back what the last burst's buffers left in the heap.
+                self._trimmed_at = now
+                trim()
 
     def _end_sessions_over_budget(self) -> None:
         """Detached sessions past EXAI_WS_DETACHED_MAX_BYTES / _SESSIONS end early,

@@ -33,6 +33,7 @@ from exai.ipc import (
     Shutdown,
 )
 from exai.loops import run
+from exai.memory import return_big_frees
 from exai.settings import PoolKind, Settings, SettingsError, load_settings
 from workers.host import load_tool_server
 from workers.parentwatch import watch_parent
@@ -202,6 +203,7 @@ def main() -> int:
     # its workers stop (Shutdown, or stdin EOF), so a worker ignores it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     watch_parent()
+    return_big_frees()  # a worker builds large results all its life, too
     try:
         settings = load_settings(os.environ)
     except SettingsError as exc:

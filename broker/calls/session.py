@@ -20,10 +20,15 @@ __all__ = ["EVICTED", "Outbound", "Session", "canonical_id"]
 
 Outbound = Callable[[bytes], None]
 
-RECENT_MAX = 1024
-RECENT_MAX_BYTES = 8 * 1024 * 1024
+# Answers kept after they were sent, for a re-send from a shim whose connection
+# dropped before they arrived. Small: a resuming shim names what it still awaits, and
+# an answer let go of is told as such (never re-run), so this only spares that error
+# for the last answers sent before a drop; every attached shim holds this much.
+RECENT_MAX = 256
+RECENT_MAX_BYTES = 1024 * 1024
 # Ids of answers that had to be let go of: a re-send of one is told so, never re-run.
-EVICTED_MAX = 65_536
+# Only the latest matter: a shim re-sends only what it still awaits, after a drop.
+EVICTED_MAX = 1024
 # What `replay` says of a re-sent id whose call completed but whose answer is gone.
 EVICTED = b""
 
