@@ -136,21 +136,14 @@ class CallManager:
     ) -> None:
         """Start one call, or answer it at once with a typed error."""
         key = bytes(request_id)
-        existing = session.calls.get(key)
-        if existing is not None:
-            # A re-sent request id joins the call already running: it never runs twice.
-            self._ack(existing)
-            return
-        if session.acks and self._replayed(session, dialect, request_id, key):
+        if self._known(session, dialect, request_id, key):
             return
         now = time.monotonic()
         try:
-            if self.shutting_down:
-                raise ShuttingDown("the daemon is shutting down; retry after it restarts")
+            self._check_open()
             raw_args, route, continuation_id = self._intake.check(self.catalog, tool, arguments)
         except BrokerError as exc:
-            session.send(self._frames.error(dialect, request_id, exc))
-            self._tally.refused(session.id, tool, exc)
+            self._refuse(session, dialect, request_id, tool, exc)
             return
         self._next_id += 1
         call = PendingCall(
@@ -185,24 +178,18 @@ class CallManager:
         """Start a request for the hosted server: admitted like a tool call, its params
         and its answer passed through as they are. `label` names it in metrics."""
         key = bytes(request_id)
-        existing = session.calls.get(key)
-        if existing is not None:
-            self._ack(existing)
-            return
-        if session.acks and self._replayed(session, dialect, request_id, key):
+        if self._known(session, dialect, request_id, key):
             return
         now = time.monotonic()
         try:
-            if self.shutting_down:
-                raise ShuttingDown("the daemon is shutting down; retry after it restarts")
+            self._check_open()
             provider = (
                 self._intake.provider_of(self.catalog, label, params)
                 if method == "tools/call"
                 else None
             )
         except BrokerError as exc:
-            session.send(self._frames.error(dialect, request_id, exc))
-            self._tally.refused(session.id, label, exc)
+            self._refuse(session, dialect, request_id, label, exc)
             return
         self._next_id += 1
         call = PendingCall(
@@ -223,6 +210,33 @@ class CallManager:
             params,
         )
         self._start(call, now)
+
+    def _known(
+        self, session: Session, dialect: Dialect, request_id: msgspec.Raw, key: bytes
+    ) -> bool:
+        """True when a request id is taken care of already: a re-sent id joins the call
+        still running, or gets the answer its session kept. It never runs twice."""
+        existing = session.calls.get(key)
+        if existing is not None:
+            self._ack(existing)
+            return True
+        return session.acks and self._replayed(session, dialect, request_id, key)
+
+    def _check_open(self) -> None:
+        if self.shutting_down:
+            raise ShuttingDown("the daemon is shutting down; retry after it restarts")
+
+    def _refuse(
+        self,
+        session: Session,
+        dialect: Dialect,
+        request_id: msgspec.Raw,
+        label: str,
+        exc: BrokerError,
+    ) -> None:
+        """Answer a request refused before it became a call: it holds nothing."""
+        session.send(self._frames.error(dialect, request_id, exc))
+        self._tally.refused(session.id, label, exc)
 
     def _replayed(
         self, session: Session, dialect: Dialect, request_id: msgspec.Raw, key: bytes
