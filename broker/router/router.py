@@ -248,22 +248,16 @@ class FrameRouter:
     def _handle_jsonrpc(self, peer: ClientPeer, session: Session, env: Envelope) -> None:
         if env.jsonrpc != "2.0":
             raise InvalidFrame(f'unsupported JSON-RPC version {env.jsonrpc!r}; expected "2.0"')
-        if self.hosting is not None:
-            self._handle_hosted(peer, session, env, self.hosting)
-            return
         method = env.method
         if not present(env.id):
-            if method is None:
-                # A response to a server request; we never send any, so there is nothing to match.
-                return
-            if method == "notifications/cancelled":
-                cancel = self.codec.cancel_params(env.params)
-                if cancel is not None:
-                    self.calls.cancel(session, cancel.requestId, answer=False)
+            self._notification(session, env)
             return
         request_id = env.id
         if not valid_id(request_id):
             raise InvalidFrame("a JSON-RPC id must be a string or an integer")
+        if self.hosting is not None:
+            self._handle_hosted(peer, session, env, self.hosting)
+            return
         if method is None:
             if present(env.result) or present(env.error):
                 return
@@ -319,6 +313,19 @@ class FrameRouter:
 
     # --- MCP toward a hosted server --------------------------------------------------
 
+    def _notification(self, session: Session, env: Envelope) -> None:
+        """A client notification: a cancel is ours; a hosted server hears the rest
+        (its instance was initialized by the broker, so not `initialized`)."""
+        method = env.method
+        if method == "notifications/cancelled":
+            cancel = self.codec.cancel_params(env.params)
+            if cancel is not None:
+                self.calls.cancel(session, cancel.requestId, answer=False)
+        elif self.hosting is not None and method not in (None, "notifications/initialized"):
+            assert method is not None
+            params = bytes(env.params) if present(env.params) else None
+            self.hosting.notify(session.id, method, params)
+
     def _handle_hosted(
         self, peer: ClientPeer, session: Session, env: Envelope, hosting: Hosting
     ) -> None:
@@ -326,19 +333,7 @@ class FrameRouter:
         shared subscriptions, answers to server requests); everything else is forwarded."""
         method = env.method
         params = bytes(env.params) if present(env.params) else None
-        if not present(env.id):
-            if method is None:
-                return
-            if method == "notifications/cancelled":
-                cancel = self.codec.cancel_params(env.params)
-                if cancel is not None:
-                    self.calls.cancel(session, cancel.requestId, answer=False)
-            elif method != "notifications/initialized":
-                hosting.notify(session.id, method, params)
-            return
         request_id = env.id
-        if not valid_id(request_id):
-            raise InvalidFrame("a JSON-RPC id must be a string or an integer")
         if method is None:
             result = bytes(env.result) if present(env.result) else None
             error = bytes(env.error) if present(env.error) else None
