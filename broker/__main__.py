@@ -99,12 +99,31 @@ def configure_logging(settings: Settings) -> None:
         maxBytes=settings.log_max_bytes,
         backupCount=settings.log_backups,
         encoding="utf-8",
+        # Log lines quote what clients sent, which may hold lone surrogates (a header
+        # that is not UTF-8): escaped, never a logging error.
+        errors="backslashreplace",
     )
     file_handler.setFormatter(fmt)
     root = logging.getLogger()
     root.handlers[:] = [console, file_handler]
     root.setLevel(settings.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_bad_request_in_one_line)
+
+
+def _bad_request_in_one_line(record: logging.LogRecord) -> bool:
+    """aiohttp logs every malformed request at ERROR with a traceback, so any local
+    client could fill the log with them: such a request is one INFO line."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    if not isinstance(exc, HttpProcessingError):
+        return True
+    what = " ".join(str(exc).split())[:300]
+    record.msg, record.args = f"{record.getMessage()}: {what}", None
+    record.exc_info = record.exc_text = None
+    record.levelno, record.levelname = logging.INFO, "INFO"
+    return logging.getLogger().isEnabledFor(logging.INFO)
 
 
 # A secret given as a flag's value is in /proc/PID/cmdline, readable by every local user.

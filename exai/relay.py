@@ -13,15 +13,23 @@ spliced in or out, at the top level of `params` or of its `_meta`.
 
 A request the server sends (sampling, elicitation, roots) gets a broker-wide ask
 number; its answer goes back under the server's own id.
+
+What the server writes is not trusted: a line that is not UTF-8, nests too deeply to
+parse, or answers with neither a result nor a well-formed error object still ends the
+request it answers, as a Reply carrying an error object of the relay's own (EXEC_ERROR),
+so whoever waits for it is answered at once and never relays what a client could not
+read. Progress whose `progress` is not a number is dropped.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
 import msgspec
 
+from exai.errors import BrokerError, ErrorCode
 from exai.jsonrpc import Message
 
 __all__ = [
@@ -32,6 +40,8 @@ __all__ = [
     "Relay",
     "RelayEvent",
     "Reply",
+    "UnusableAnswer",
+    "unusable",
 ]
 
 _RawDict = dict[str, msgspec.Raw]
@@ -78,6 +88,37 @@ class Garbage(NamedTuple):
 
 
 RelayEvent = Reply | Progress | Notice | Ask | Garbage
+
+
+class _ErrorObject(msgspec.Struct):
+    code: int
+    message: str
+
+
+class _ProgressShape(msgspec.Struct):
+    progress: float
+    total: float | None = None
+    message: str | None = None
+
+
+_ERROR_OBJECT = msgspec.json.Decoder(_ErrorObject)
+_PROGRESS_SHAPE = msgspec.json.Decoder(_ProgressShape)
+# Where a line too deep to parse may still say which request it answers.
+_NUMERIC_ID = re.compile(rb'"id"\s*:\s*(\d{1,18})')
+
+
+class UnusableAnswer(BrokerError):
+    """The hosted server answered a request with something no client can be given."""
+
+    code = ErrorCode.EXEC_ERROR
+
+
+def unusable(why: str, kind: type[BrokerError] = UnusableAnswer) -> bytes:
+    """The error object a request gets when the server's answer to it is unusable."""
+    exc = kind(f"the hosted server's answer was unusable: {why}")
+    return msgspec.json.encode(
+        {"code": exc.jsonrpc_code, "message": exc.message, "data": exc.to_data()}
+    )
 
 
 class _Pending(msgspec.Struct):
@@ -171,7 +212,14 @@ class Relay:
             env = self._decoder.decode(line)
         except msgspec.DecodeError as exc:
             return Garbage(line, f"not a JSON-RPC object: {exc}")
+        except RecursionError:
+            event = self.salvage(line, "it is nested too deeply to parse")
+            return event or Garbage(line[:200], "nested too deeply to parse")
         has_id = len(env.id) > 0 and bytes(env.id) != b"null"
+        if not line.isascii() and not _is_utf8(line):
+            if env.method is None and has_id:
+                return self._receive_response(env, line, "it is not UTF-8")
+            return Garbage(line, "not UTF-8")
         if env.method is None:
             if not has_id:
                 return Garbage(line, "neither a request, a notification nor a response")
@@ -185,7 +233,9 @@ class Relay:
             return self._receive_progress(params)
         return Notice(env.method, params)
 
-    def _receive_response(self, env: Message, line: bytes) -> RelayEvent | None:
+    def _receive_response(
+        self, env: Message, line: bytes, broken: str | None = None
+    ) -> RelayEvent | None:
         try:
             server_id = int(bytes(env.id))
         except ValueError:
@@ -193,12 +243,38 @@ class Relay:
         pending = self._pending.pop(server_id, None)
         if pending is None:
             return None
-        self._by_handle.pop(pending.handle, None)
+        handle = pending.handle
+        self._by_handle.pop(handle, None)
+        if broken is not None:
+            return Reply(handle, None, unusable(broken))
         if len(env.error):
-            return Reply(pending.handle, None, bytes(env.error))
+            error = bytes(env.error)
+            try:
+                _ERROR_OBJECT.decode(error)
+            except msgspec.DecodeError as exc:
+                why = f"its error is not an object with an integer code and a message ({exc})"
+                return Reply(handle, None, unusable(why))
+            return Reply(handle, None, error)
         if len(env.result):
-            return Reply(pending.handle, bytes(env.result), None)
-        return Garbage(line, "a response with neither result nor error")
+            return Reply(handle, bytes(env.result), None)
+        return Reply(handle, None, unusable("it has neither a result nor an error"))
+
+    def salvage(
+        self, head: bytes, why: str, kind: type[BrokerError] = UnusableAnswer
+    ) -> Reply | None:
+        """End the request a line that cannot be parsed (too deep, too long: `head` is
+        as much of it as is kept) answers, when an `"id"` key at its top level names one
+        of ours. None when it names none."""
+        for match in _NUMERIC_ID.finditer(head):
+            before = head[: match.start()]
+            depth = before.count(b"{") + before.count(b"[") - before.count(b"}")
+            depth -= before.count(b"]")
+            server_id = int(match.group(1))
+            if depth == 1 and server_id in self._pending:
+                pending = self._pending.pop(server_id)
+                self._by_handle.pop(pending.handle, None)
+                return Reply(pending.handle, None, unusable(why, kind))
+        return None
 
     def _receive_progress(self, params: bytes) -> RelayEvent | None:
         try:
@@ -209,8 +285,20 @@ class Relay:
         pending = self._pending.get(server_id)
         if pending is None or not pending.token:
             return None
+        try:
+            _PROGRESS_SHAPE.decode(params)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            return Garbage(params[:200], f"progress that breaks the schema: {exc}")
         fields["progressToken"] = msgspec.Raw(pending.token)
         return Progress(pending.handle, msgspec.json.encode(fields))
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _with_meta_token(params: bytes | None, token: bytes) -> bytes:

@@ -35,6 +35,7 @@ from exai.ipc import (
 from exai.loops import run
 from exai.memory import return_big_frees
 from exai.settings import PoolKind, Settings, SettingsError, load_settings
+from exai.toolresult import MalformedToolResult, check_tool_result
 from workers.host import load_tool_server
 from workers.parentwatch import watch_parent
 from workers.pipes import IpcPipes, take_ipc_stdout
@@ -123,19 +124,18 @@ class Worker:
             if result is not None:
                 try:
                     payload = orjson.dumps(result)
+                    is_error = check_tool_result(payload, call.tool)
                 except orjson.JSONEncodeError as exc:
                     # Int keys, integers past 64 bits, sets: the broker could not relay
                     # it anyway, and an unanswered call would hang until its timeout.
-                    self.send(
-                        Result(
-                            call.call_id,
-                            None,
-                            ErrorCode.EXEC_ERROR,
-                            f"{call.tool!r} returned a result that is not JSON: {exc}",
-                        )
+                    self.send_failure(
+                        call, f"{call.tool!r} returned a result that is not JSON: {exc}"
                     )
                     return
-                self.send(Result(call.call_id, payload, is_error=bool(result["isError"])))
+                except MalformedToolResult as exc:
+                    self.send_failure(call, exc.message)
+                    return
+                self.send(Result(call.call_id, payload, is_error=is_error))
             elif error is not None:
                 self.send(
                     Result(call.call_id, None, error.code, str(error), provider=error.provider)
@@ -144,8 +144,16 @@ class Worker:
             self.send(Result(call.call_id, None, ErrorCode.CANCELLED, "cancelled"))
         except orjson.JSONDecodeError as exc:
             self.send(Result(call.call_id, None, ErrorCode.INVALID_ARGUMENTS, str(exc)))
+        except Exception as exc:
+            # Whatever broke, the call is answered: an unanswered one holds its capacity
+            # until the supervisor gives up on this worker.
+            log.exception("call %d of %r failed in the worker", call.call_id, call.tool)
+            self.send_failure(call, f"the worker failed running {call.tool!r}: {exc!r}")
         finally:
             self.tasks.pop(call.call_id, None)
+
+    def send_failure(self, call: Call, message: str) -> None:
+        self.send(Result(call.call_id, None, ErrorCode.EXEC_ERROR, message))
 
     async def drain(self) -> None:
         """Let running calls finish within the grace period, then cancel the rest."""

@@ -143,4 +143,10 @@ async def settle(
         log.info("tool %s raised %s: %s", name, type(exc).__name__, exc)
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return error_result(message), None
-    return to_call_tool_result(value), None
+    try:
+        return to_call_tool_result(value), None
+    except Exception as exc:  # say a mapping whose items raise, or a model that cannot dump
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return None, HostedError(
+            ErrorCode.EXEC_ERROR, f"{name!r} returned a result that could not be read: {why}"
+        )

@@ -8,7 +8,6 @@ of ops.py, which turn a tool result into outputs and text for the op client.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
@@ -33,7 +32,6 @@ from exai.ipc import Progress, Result
 __all__ = [
     "AnswerFrames",
     "MalformedResult",
-    "is_tool_error",
     "over_capacity",
     "queue_wait_expired",
     "server_error",
@@ -50,23 +48,22 @@ class _ToolResult(msgspec.Struct):
     structuredContent: Any = None
 
 
-class _IsError(msgspec.Struct):
-    isError: Any = None
-
-
 class _ProgressParams(msgspec.Struct):
     progress: float = 0.0
     total: float | None = None
     message: str | None = None
 
 
+class _ErrorData(msgspec.Struct):
+    code: Any = None
+
+
 class _ServerError(msgspec.Struct):
     message: Any = ""
+    data: _ErrorData | None = None
 
 
 _TOOL_RESULT = msgspec.json.Decoder(_ToolResult)
-_IS_ERROR = msgspec.json.Decoder(_IsError)
-_IS_ERROR_TRUE = re.compile(rb'"isError"\s*:\s*true')
 _PROGRESS = msgspec.json.Decoder(_ProgressParams)
 _SERVER_ERROR = msgspec.json.Decoder(_ServerError)
 # An alias: looking a member up on an Enum class costs a descriptor call per answer.
@@ -158,31 +155,27 @@ class AnswerFrames:
 # --- why a call failed ---------------------------------------------------------------
 
 
-def is_tool_error(result: bytes) -> bool:
-    """True for a CallToolResult with `"isError": true` (counted as EXEC_ERROR).
-
-    A byte search first: a quote inside a JSON string is escaped, so an unescaped
-    `"isError"` is a key, and most results are told apart without being parsed.
-    """
-    if b'"isError"' not in result or _IS_ERROR_TRUE.search(result) is None:
-        return False
-    try:
-        return _IS_ERROR.decode(result).isError is True
-    except msgspec.DecodeError:
-        return False
-
-
 def server_error(error: bytes) -> BrokerError:
-    """A hosted server's JSON-RPC error, for metrics and for op clients."""
+    """A hosted server's JSON-RPC error, for metrics and for op clients: EXEC_ERROR, or
+    the typed code its data names (a broker's own, say RESULT_TOO_LARGE)."""
     try:
-        message = _SERVER_ERROR.decode(error).message
+        decoded = _SERVER_ERROR.decode(error)
     except msgspec.DecodeError:
-        message = ""
-    return ServerError(str(message) or "the hosted server answered with an error")
+        decoded = _ServerError()
+    exc = ServerError(str(decoded.message) or "the hosted server answered with an error")
+    code = decoded.data.code if decoded.data is not None else None
+    if isinstance(code, str) and code in _TYPED_CODES:
+        exc.code = ErrorCode(code)
+    return exc
 
 
 class ServerError(BrokerError):
+    """The tool server failed the call (its error, or a result that breaks the contract)."""
+
     code = ErrorCode.EXEC_ERROR
+
+
+_TYPED_CODES = frozenset(ErrorCode)
 
 
 def over_capacity(rejection: Rejection) -> OverCapacity:
@@ -233,6 +226,7 @@ def worker_error(result: Result, tool: str) -> BrokerError:
         ErrorCode.OVER_CAPACITY: OverCapacity,
         ErrorCode.WORKER_LOST: WorkerLost,
         ErrorCode.INVALID_ARGUMENTS: InvalidArguments,
+        ErrorCode.EXEC_ERROR: ServerError,
     }
     kind = kinds.get(result.error_code, BrokerError)
     if kind is OverCapacity:

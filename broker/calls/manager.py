@@ -27,7 +27,6 @@ from broker.calls.accounting import CallRecord, Tally
 from broker.calls.answers import (
     AnswerFrames,
     MalformedResult,
-    is_tool_error,
     over_capacity,
     queue_wait_expired,
     server_error,
@@ -51,6 +50,7 @@ from exai.errors import BrokerError, Cancelled, ErrorCode, ShuttingDown, WorkerL
 from exai.ipc import Call, Progress, Result, SessionEnded
 from exai.models import ModelRegistry
 from exai.settings import Settings
+from exai.toolresult import MalformedToolResult, check_tool_result
 
 # CallRecord and PendingCall are the manager's vocabulary: importable from here too.
 __all__ = ["CallManager", "CallRecord", "PendingCall"]
@@ -423,7 +423,13 @@ class CallManager:
 
     def _reply(self, call: PendingCall, result: bytes | None, error: bytes | None) -> None:
         if result is not None:
-            tool_error = call.method == "tools/call" and is_tool_error(result)
+            tool_error = False
+            if call.method == "tools/call":
+                try:
+                    tool_error = check_tool_result(result, call.tool)
+                except MalformedToolResult as exc:
+                    self._finish(call, error=exc)
+                    return
             self._finish(call, payload=result, tool_error=tool_error)
         else:
             self._finish(call, error=server_error(error or b"{}"), raw_error=error)

@@ -71,6 +71,9 @@ class Session:
     # Who the client said it is (initialize, or a 2026-07-28 envelope): what a hosted
     # server's own instance for this session is told.
     client: ClientHello | None = None
+    # True once the client sent a JSON-RPC frame: only such a client can be sent a hosted
+    # server's own notifications and requests (the op dialect has no frames for them).
+    speaks_mcp: bool = False
 
     def remember(self, key: bytes, frame: bytes) -> None:
         self.recent[key] = frame

@@ -25,6 +25,7 @@ import msgspec
 
 from exai import __version__
 from exai.coalesce import WriteCoalescer
+from exai.errors import ResultTooLarge
 from exai.relay import Relay, RelayEvent, Reply
 
 __all__ = ["ClientHello", "HandshakeError", "HostedInstance", "ServerIdentity"]
@@ -44,6 +45,8 @@ CLIENT_CAPABILITIES: dict[str, Any] = {
 CLIENT_CAPABILITIES_JSON = msgspec.json.encode(CLIENT_CAPABILITIES)
 CLIENT_INFO_JSON = msgspec.json.encode({"name": "exai-broker", "version": __version__})
 STDERR_TAIL_LINES = 40
+# What is kept of a line over the limit: enough to find the id of the request it answers.
+_LONG_LINE_HEAD = 4096
 # Requests the instance makes for itself use negative handles: never a call's.
 _HANDSHAKE = -1
 _FIRST_QUERY = -2
@@ -85,10 +88,19 @@ class _Initialize(msgspec.Struct):
 class _Pipes(asyncio.SubprocessProtocol):
     """Splits the server's stdout into lines; keeps the tail of its stderr."""
 
-    def __init__(self, on_line: Callable[[bytes], None], max_line_bytes: int) -> None:
+    def __init__(
+        self,
+        on_line: Callable[[bytes], None],
+        max_line_bytes: int,
+        on_long_line: Callable[[bytes], None] = lambda head: None,
+    ) -> None:
         self._on_line = on_line
+        # Told the head of each line over the limit: the request it answers must still end.
+        self._on_long_line = on_long_line
         self._max_line_bytes = max_line_bytes
         self._partial = bytearray()
+        # True while the rest of an over-long line is being thrown away.
+        self._skipping = False
         self._err_partial = bytearray()
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
@@ -102,7 +114,14 @@ class _Pipes(asyncio.SubprocessProtocol):
             self._stderr(data)
             return
         start = 0
-        if self._partial:
+        if self._skipping:
+            # The rest of a line over the limit: nothing of it may be read as a message.
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            self._skipping = False
+            start = end + 1
+        elif self._partial:
             end = data.find(b"\n")
             if end < 0:
                 self._partial += data
@@ -110,13 +129,19 @@ class _Pipes(asyncio.SubprocessProtocol):
                 return
             self._partial += data[:end]
             line, self._partial = bytes(self._partial), bytearray()
-            self._deliver(line)
             start = end + 1
+            if len(line) > self._max_line_bytes:
+                self._drop_long_line(line[:_LONG_LINE_HEAD])
+            else:
+                self._deliver(line)
         while True:
             end = data.find(b"\n", start)
             if end < 0:
                 break
-            self._deliver(data[start:end])
+            if end - start > self._max_line_bytes:
+                self._drop_long_line(data[start : start + _LONG_LINE_HEAD])
+            else:
+                self._deliver(data[start:end])
             start = end + 1
         if start < len(data):
             self._partial += data[start:]
@@ -128,8 +153,13 @@ class _Pipes(asyncio.SubprocessProtocol):
 
     def _check_partial(self) -> None:
         if len(self._partial) > self._max_line_bytes:
-            log.warning("hosted server wrote a line over %d bytes; dropped", self._max_line_bytes)
+            self._drop_long_line(bytes(self._partial[:_LONG_LINE_HEAD]))
             self._partial = bytearray()
+            self._skipping = True
+
+    def _drop_long_line(self, head: bytes) -> None:
+        log.warning("hosted server wrote a line over %d bytes; dropped", self._max_line_bytes)
+        self._on_long_line(head)
 
     def _stderr(self, data: bytes) -> None:
         self._err_partial += data
@@ -183,7 +213,7 @@ class HostedInstance:
     async def start(self, timeout_s: float) -> ServerIdentity:
         """Start the process and complete `initialize`, within `timeout_s`."""
         env = self.env  # the whole environment when given (None: the daemon's own)
-        pipes = _Pipes(self._handle_line, self._max_line_bytes)
+        pipes = _Pipes(self._handle_line, self._max_line_bytes, self._handle_long_line)
         try:
             await self._loop.subprocess_exec(
                 lambda: pipes,
@@ -318,8 +348,16 @@ class HostedInstance:
 
     def _handle_line(self, line: bytes) -> None:
         event = self.relay.receive(line)
-        if event is None:
-            return
+        if event is not None:
+            self._dispatch(event)
+
+    def _handle_long_line(self, head: bytes) -> None:
+        why = f"its line is over {self._max_line_bytes} bytes (EXAI_WS_MAX_BYTES)"
+        event = self.relay.salvage(head, why, ResultTooLarge)
+        if event is not None:
+            self._dispatch(event)
+
+    def _dispatch(self, event: RelayEvent) -> None:
         if isinstance(event, Reply) and event.handle < 0:
             if event.handle == _HANDSHAKE:
                 waiter = self._handshake

@@ -1,7 +1,8 @@
 """What a hosted server sends on its own, routed to the client sessions it is for.
 
 Replies and progress belong to a request and go back with it (the call manager does
-that). Everything else needs a rule, because an instance may be shared:
+that). Everything else needs a rule, because an instance may be shared; and none of
+it goes to a session that has only spoken the op dialect:
 
 - `notifications/message` (a log line): to the session the instance belongs to
   (session isolation), else to the one session with a request in flight on it, if
@@ -12,8 +13,9 @@ that). Everything else needs a rule, because an instance may be shared:
 - `notifications/{tools,resources,prompts}/list_changed`: to every session the
   server serves (all of them when shared, the owner under session isolation).
 - a server request (`sampling/createMessage`, `elicitation/create`, `roots/list`):
-  to the owner, or the one session with a request in flight; otherwise the server
-  gets an error saying why, and the log advises session isolation for such servers.
+  to the owner, or the one session with a request in flight; otherwise (or when that
+  session speaks the op dialect, which has no frames for it) the server gets an error
+  saying why, and the log advises session isolation for such servers.
   The client's answer goes back to the instance under the server's own id. A
   2026-07-28 client takes no server requests: its request in flight is answered with
   an `input_required` result carrying the server's request instead (`divert`), and
@@ -52,6 +54,7 @@ ASK_ID_PREFIX = "exai-ask-"
 class SessionLike(Protocol):
     id: str
     closed: bool
+    speaks_mcp: bool
 
     def send(self, data: bytes) -> None: ...
 
@@ -113,7 +116,7 @@ class ServerTraffic:
                 [self._session(owner)] if owner is not None else self._all_sessions()
             )
             for target in targets:
-                if target is not None and not target.closed:
+                if target is not None and not target.closed and target.speaks_mcp:
                     target.send(frame)
             return
         if notice.method == "notifications/resources/updated":
@@ -151,6 +154,11 @@ class ServerTraffic:
             else:
                 why = "no client request is in flight on this shared instance"
             self._refuse(instance, ask, why)
+            return
+        if not session.speaks_mcp:
+            self._refuse(
+                instance, ask, "its client speaks the op dialect, which has no such requests"
+            )
             return
         self._next_ask += 1
         key = f"{ASK_ID_PREFIX}{self._next_ask}"
@@ -209,7 +217,7 @@ class ServerTraffic:
 
     def _deliver(self, session_id: str, frame: bytes) -> None:
         session = self._session(session_id)
-        if session is not None and not session.closed:
+        if session is not None and not session.closed and session.speaks_mcp:
             session.send(frame)
 
 

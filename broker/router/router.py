@@ -248,6 +248,7 @@ class FrameRouter:
     def _handle_jsonrpc(self, peer: ClientPeer, session: Session, env: Envelope) -> None:
         if env.jsonrpc != "2.0":
             raise InvalidFrame(f'unsupported JSON-RPC version {env.jsonrpc!r}; expected "2.0"')
+        session.speaks_mcp = True
         method = env.method
         if not present(env.id):
             self._notification(session, env)

@@ -186,14 +186,43 @@ async def handle_metrics(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+async def handle_unrouted(request: web.Request) -> web.StreamResponse:
+    """A 404, or a 405 naming the methods the path has."""
+    allowed = {
+        route.method
+        for route in request.app.router.routes()
+        if route.method != "*"
+        and route.resource is not None
+        and route.resource.canonical == request.path
+    }
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+    raise web.HTTPNotFound()
+
+
+async def expect_continue(request: web.Request) -> None:
+    """aiohttp's own Expect handler echoes the header into its 417, and a header that
+    is not UTF-8 turns that into a 500. These routes take no body anyway: a client
+    that asks to continue may, and any other expectation is refused plainly."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text="only 'Expect: 100-continue' is understood")
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+
+
 def create_app(settings: Settings, auth: Auth, backend: Backend) -> web.Application:
     """The daemon's routes, every one behind the guard."""
     app = web.Application(client_max_size=1024 * 1024, middlewares=[guard_middleware])
     app[SETTINGS_KEY] = settings
     app[GUARD_KEY] = Guard(settings, auth, upgrade_only_paths={WS_ONLY_PATH})
     app[BACKEND_KEY] = backend
-    app.router.add_get("/", handle_root)
-    app.router.add_get(WS_ONLY_PATH, handle_ws_only)
-    app.router.add_get("/health", handle_health)
-    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/", handle_root, expect_handler=expect_continue)
+    app.router.add_get(WS_ONLY_PATH, handle_ws_only, expect_handler=expect_continue)
+    app.router.add_get("/health", handle_health, expect_handler=expect_continue)
+    app.router.add_get("/metrics", handle_metrics, expect_handler=expect_continue)
+    # Last, so that it matches only what no route above does: a 404 or 405 of aiohttp's
+    # own would go through its Expect handler.
+    app.router.add_route("*", "/{path:.*}", handle_unrouted, expect_handler=expect_continue)
     return app

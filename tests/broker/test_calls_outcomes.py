@@ -19,11 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.calls.answers import is_tool_error
 from broker.calls.call import CallState
 from broker.router.codec import Dialect
 from exai.errors import WorkerLost
 from exai.ipc import Progress
+from exai.toolresult import check_tool_result
 from tests.broker.test_calls_manager import (
     OK_RESULT,
     TOOL_ERROR,
@@ -283,7 +283,7 @@ def test_random_mixed_outcomes_answer_once_and_free_all_capacity(
         (b'{"content":[], "isError" : true }', True),
         (b'{"content":[],"isError":false}', False),
         (b'{"content":[{"type":"text","text":"\\"isError\\":true"}]}', False),
-        (b'{"structuredContent":{"isError":true},"isError":false}', False),
+        (b'{"content":[],"structuredContent":{"isError":true},"isError":false}', False),
         (b'{"content":[]}', False),
     ],
 )
@@ -292,4 +292,4 @@ def test_a_hosted_tool_error_is_told_by_its_own_top_level_flag(
 ) -> None:
     """What metrics count as EXEC_ERROR for a forwarded tools/call: only the result's
     own isError, not a text or a nested object that mentions it."""
-    assert is_tool_error(result) is expected
+    assert check_tool_result(result, "t") is expected

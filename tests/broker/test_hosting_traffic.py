@@ -16,6 +16,7 @@ from exai.relay import Ask, Notice
 class FakeSession:
     id: str
     closed: bool = False
+    speaks_mcp: bool = True
     frames: list[dict[str, Any]] = field(default_factory=list)
 
     def send(self, data: bytes) -> None:
@@ -97,6 +98,21 @@ def test_list_changed_on_a_shared_instance_reaches_everyone() -> None:
     w = World()
     w.notice(w.shared, "notifications/prompts/list_changed")
     assert len(w.a.frames) == len(w.b.frames) == 1
+
+
+def test_an_op_session_is_sent_no_server_traffic_and_its_requests_are_refused() -> None:
+    """The op dialect has no frames for a server's notifications or requests: an op
+    client in flight gets none of them, and the server is told why at once."""
+    w = World()
+    w.a.speaks_mcp = False
+    w.in_flight[id(w.shared)] = {"a"}
+    w.notice(w.shared, "notifications/message", LOG)
+    w.notice(w.shared, "notifications/tools/list_changed")
+    w.ask(w.shared)
+    assert w.a.frames == []
+    assert [f["method"] for f in w.b.frames] == ["notifications/tools/list_changed"]
+    [(ask_id, result, error)] = w.shared.answers
+    assert ask_id == 1 and result is None and "op dialect" in error["message"]
 
 
 def test_resource_updates_go_to_subscribers_only() -> None:

@@ -259,9 +259,7 @@ async def test_resource_updates_go_to_subscribers_only(daemon_factory: DaemonFac
         assert (await a.request("resources/unsubscribe", {"uri": COUNTER_URI}))["result"] == {}
         assert rpc_text(await b.call("bump", {})) == "counter=2"
         await settle()
-    assert [n["params"]["uri"] for n in a.notes("notifications/resources/updated")] == [
-        COUNTER_URI
-    ]
+    assert [n["params"]["uri"] for n in a.notes("notifications/resources/updated")] == [COUNTER_URI]
     assert b.notes("notifications/resources/updated") == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -139,3 +140,58 @@ def test_every_request_is_answered_or_cancelled_exactly_once(steps: list[str]) -
             del server_ids[target]
     assert set(relay.pending()) == set(server_ids)
     assert not set(outcomes) & set(server_ids)
+
+
+def _broken(reply: object) -> dict[str, object]:
+    """The error object of a Reply the relay made for an unusable answer."""
+    assert isinstance(reply, Reply) and reply.result is None and reply.error is not None
+    error = json.loads(reply.error)
+    assert error["code"] == -32603 and error["data"]["code"] == "EXEC_ERROR"
+    return dict(error)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"", "neither a result nor an error"),
+        (b',"error":"boom"', "integer code"),
+        (b',"error":{"code":"x","message":5}', "integer code"),
+        (b',"error":null', "integer code"),
+        (b',"result":{"content":[{"type":"text","text":"bad \xff\xfe"}]}', "not UTF-8"),
+    ],
+)
+def test_an_unusable_answer_still_ends_its_request_with_a_typed_error(
+    body: bytes, why: str
+) -> None:
+    """Whoever waits for the request is answered at once, never with what a client
+    could not read."""
+    relay = Relay()
+    server_id = sent(relay.request(3, "tools/call", b"{}"))["id"]
+    reply = relay.receive(b'{"jsonrpc":"2.0","id":%d%s}' % (server_id, body))
+    assert why in str(_broken(reply)["message"])
+    assert list(relay.pending()) == []
+
+
+def test_a_line_too_deep_to_parse_ends_the_request_its_top_level_id_names() -> None:
+    relay = Relay()
+    relay.request(1, "tools/call", b"{}")
+    server_id = sent(relay.request(2, "tools/call", b"{}"))["id"]
+    assert isinstance(server_id, int)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    # An "id" nested inside the result names nobody; the envelope's does.
+    line = b'{"jsonrpc":"2.0","result":{"x":{"id":1},"d":%s},"id":%d}' % (deep, server_id)
+    reply = relay.receive(line)
+    assert isinstance(reply, Reply) and reply.handle == 2
+    assert "too deeply" in str(_broken(reply)["message"])
+    assert list(relay.pending()) == [1]
+    assert isinstance(relay.receive(b'{"d":' + deep + b"}"), Garbage)
+
+
+def test_progress_that_breaks_the_schema_is_not_passed_on() -> None:
+    relay = Relay()
+    server_id = sent(relay.request(1, "tools/call", b"{}", b'"tok"'))["id"]
+    assert isinstance(server_id, int)
+    for progress in (b'"lots"', b"null", b"[1]"):
+        line = b'{"jsonrpc":"2.0","method":"notifications/progress","params":'
+        line += b'{"progressToken":%d,"progress":%s}}' % (server_id, progress)
+        assert isinstance(relay.receive(line), Garbage)
