@@ -17,11 +17,14 @@ from exai.exits import ExitCode
 from exai.loops import run_program
 from exai.settings import SettingsError, ShimSettings, collect_environment, load_shim_settings
 from shim.bridge import Bridge
+from shim.signals import SIGNAL_CLOSE_S, SignalStop
 from shim.stdio import LineReader, StdoutWriter
 
 __all__ = ["main", "run"]
 
 PARENT_POLL_S = 1.0
+# How long it may take after stdin's end, when no one is waiting for us to exit.
+EOF_CLOSE_S = 2.0
 
 
 async def serve(settings: ShimSettings) -> int:
@@ -36,6 +39,8 @@ async def serve(settings: ShimSettings) -> int:
         bridge.handle_stdin_eof,
         bridge.handle_oversize,
     )
+    stop = SignalStop(loop, bridge.abandon)
+    stop.install()
     await reader.start()
     connection = loop.create_task(bridge.run_connection())
     watchdog = loop.create_task(_watch_parent(bridge))
@@ -46,7 +51,8 @@ async def serve(settings: ShimSettings) -> int:
         watchdog.cancel()
         # Give the connection a moment to close cleanly (code 1000 ends the session).
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(connection, 2.0)
+            await asyncio.wait_for(connection, SIGNAL_CLOSE_S if stop.signalled else EOF_CLOSE_S)
+        stop.closed.set()
     return 0
 
 
@@ -73,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help"):
         print(
             "usage: python -m shim            an MCP stdio server for your client\n"
-            "       python -m shim config --client vscode|augment|auggie|claude|cursor"
-            " [--write PATH]"
+            "       python -m shim config --client NAME [--write [PATH]] [--autostart]\n"
+            "                                 (`python -m shim config --help` lists the clients)"
         )
         return 0
     if args and args[0] == "config":

@@ -118,6 +118,10 @@ class Bridge:
         pending = Pending(request)
         self.pending.add(pending)
         self._send_pending(pending)
+        if self.connection.refused_outright:
+            # Answer from a fresh attempt rather than the backoff's: a daemon started
+            # meanwhile gets the request, and otherwise the refusal answers it at once.
+            self.connection.try_now()
 
     def handle_stdin_eof(self) -> None:
         self.stdin_closed = True
@@ -143,7 +147,10 @@ class Bridge:
         self.write_line(error_response(None, INVALID_REQUEST, f"line of {size} bytes is too large"))
 
     def abandon(self) -> None:
-        """The client is gone: nothing owed can be delivered any more, so stop."""
+        """The client is gone, or stops us: nothing owed will be delivered, so stop.
+
+        The connection then closes with 1000, which ends the session on the daemon:
+        its calls are cancelled and their capacity freed, not kept for a resume."""
         self.pending.clear()
         self.stdin_closed = True
         self.done.set()
@@ -233,9 +240,16 @@ class Bridge:
 
     def handle_unauthorized(self, message: str) -> None:
         """Answer every request not yet sent to a daemon: retrying will not help."""
+        self._fail_unsent(ErrorCode.UNAUTHORIZED, message)
+
+    def handle_no_daemon(self, message: str) -> None:
+        """Answer every request not yet sent: no daemon ever had them, none listens now."""
+        self._fail_unsent(ErrorCode.UNAVAILABLE, message)
+
+    def _fail_unsent(self, code: ErrorCode, message: str) -> None:
         for pending in list(self.pending.values()):
             if not pending.sent:
-                self._fail_pending(pending, ErrorCode.UNAUTHORIZED, message)
+                self._fail_pending(pending, code, message)
 
     def handle_oversized_frame(self, head: bytes, size: int, limit: int) -> None:
         """The daemon sent a frame over our limit (skipped): answer its request instead."""

@@ -21,7 +21,14 @@ from shim.autostart import Autostarter
 from shim.hello import CLOSE_UNAUTHORIZED, SessionRefused, hello_frame, read_hello_ack
 from shim.websocket import ConnectionClosed, HandshakeError, MessageTooLarge, WebSocket
 
-__all__ = ["ConnectionLoop", "DaemonPeer", "backoff_delay_s", "describe", "refuses_token"]
+__all__ = [
+    "ConnectionLoop",
+    "DaemonPeer",
+    "backoff_delay_s",
+    "describe",
+    "no_daemon_message",
+    "refuses_token",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,10 @@ class DaemonPeer(Protocol):
 
     def handle_unauthorized(self, message: str) -> None: ...
 
+    def handle_no_daemon(self, message: str) -> None:
+        """Nothing listens at the daemon's address, and no connection was ever made."""
+        ...
+
     def handle_oversized_frame(self, head: bytes, size: int, limit: int) -> None: ...
 
     def handle_frame_refused_as_too_large(self, reason: str) -> None: ...
@@ -68,6 +79,12 @@ class ConnectionLoop:
         # Why the last attempt failed or the last connection ended, for error messages.
         self.last_error = "not connected yet"
         self._reconnect_now = asyncio.Event()
+        self._try_now = asyncio.Event()
+        self.ever_connected = False
+        # True while no connection was ever made and the last attempt was refused
+        # outright (nothing listens there) with no autostart to change that.
+        self.refused_outright = False
+        self._told_no_daemon = False
         self.autostarter: Autostarter | None = (
             Autostarter(settings.log_dir) if settings.autostart else None
         )
@@ -75,6 +92,10 @@ class ConnectionLoop:
     def reconnect(self) -> None:
         """Drop the current connection and open a new one: it may be half-dead."""
         self._reconnect_now.set()
+
+    def try_now(self) -> None:
+        """Cut the backoff short: make the next connection attempt at once."""
+        self._try_now.set()
 
     async def run(self) -> None:
         """Connect, serve, and reconnect with backoff until the peer is done."""
@@ -91,10 +112,14 @@ class ConnectionLoop:
                 TimeoutError,
                 ValueError,
             ) as exc:
+                if done.is_set():
+                    return  # stopping: above all, start no daemon now
                 attempt += 1
                 await self._handle_failed_open(exc, attempt)
                 continue
             attempt = 0
+            self.ever_connected = True
+            self.refused_outright = False
             self.peer.handle_connected(ws, resumed)
             await self._serve(ws)
 
@@ -109,9 +134,39 @@ class ConnectionLoop:
                 f"the daemon at {self.settings.url} refused our token ({self.last_error}): "
                 "set EXAI_WS_TOKEN in this client's shim env to the daemon's token"
             )
-        if attempt == 1 or attempt % 20 == 0:
+        self.refused_outright = (
+            isinstance(exc, ConnectionRefusedError)
+            and self.autostarter is None
+            and not self.ever_connected
+        )
+        if self.refused_outright:
+            self._handle_no_daemon()
+        elif attempt == 1:
             log.warning("cannot reach daemon at %s: %s", self.settings.url, self.last_error)
-        await asyncio.sleep(backoff_delay_s(attempt, random.random()))
+        if attempt % 20 == 0:
+            log.warning("cannot reach daemon at %s: %s", self.settings.url, self.last_error)
+        await self._pause(backoff_delay_s(attempt, random.random()))
+
+    def _handle_no_daemon(self) -> None:
+        # Waiting out the RPC timeout would only delay the same failure, and with
+        # nothing resumable there is nothing to wait for: answer now, and say once on
+        # stderr (the client's log of this server) what to do about it.
+        message = no_daemon_message(self.settings.url)
+        if not self._told_no_daemon:
+            self._told_no_daemon = True
+            log.error("%s", message)
+        self.peer.handle_no_daemon(message)
+
+    async def _pause(self, delay_s: float) -> None:
+        """The backoff before the next attempt, cut short by `try_now` or the peer's end."""
+        self._try_now.clear()
+        loop = asyncio.get_running_loop()
+        wakers = {loop.create_task(self._try_now.wait()), loop.create_task(self.peer.done.wait())}
+        try:
+            await asyncio.wait(wakers, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in wakers:
+                task.cancel()
 
     async def _open(self) -> tuple[WebSocket, bool]:
         settings = self.settings
@@ -192,6 +247,15 @@ def refuses_token(exc: BaseException) -> bool:
     if isinstance(exc, SessionRefused):
         return exc.unauthorized
     return isinstance(exc, ConnectionClosed) and exc.code == CLOSE_UNAUTHORIZED
+
+
+def no_daemon_message(url: str) -> str:
+    """What a client is told when nothing listens at the daemon's address `url`."""
+    return (
+        f"no exai-broker daemon is running at {url} (connection refused). Start it with "
+        "`python -m broker`, or set EXAI_SHIM_AUTOSTART=1 in this client's shim env to "
+        "have the shim start it"
+    )
 
 
 def describe(exc: BaseException) -> str:

@@ -245,8 +245,8 @@ async def test_daemon_restart_answers_cut_unsafe_call_worker_lost(
     assert "restart" in error["message"]
 
 
-async def test_call_while_no_daemon_runs_is_typed_unavailable(tmp_path: Path) -> None:
-    """With nothing listening, a request fails after EXAI_SHIM_RPC_TIMEOUT with UNAVAILABLE."""
+async def test_call_while_no_daemon_runs_is_typed_unavailable_at_once(tmp_path: Path) -> None:
+    """With nothing listening, a request fails at once with UNAVAILABLE."""
     port = free_port()
     env = base_env(EXAI_WS_HOST="127.0.0.1", EXAI_WS_PORT=str(port), EXAI_SHIM_RPC_TIMEOUT="1")
     async with shim_drivers(tmp_path) as start:
@@ -255,7 +255,7 @@ async def test_call_while_no_daemon_runs_is_typed_unavailable(tmp_path: Path) ->
         rid = await shim.call("echo", {"text": "anyone?"})
         error = rpc_error(await shim.response(rid))
         waited_s = time.monotonic() - started
-        assert 0.8 <= waited_s <= scaled(1 + 5), waited_s  # about EXAI_SHIM_RPC_TIMEOUT
+        assert waited_s < scaled(2), waited_s
         assert f"ws://127.0.0.1:{port}" in error["message"]
         assert error["code"] == UNAVAILABLE, error
         assert error.get("data", {}).get("code") == "UNAVAILABLE"

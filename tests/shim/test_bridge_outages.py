@@ -101,3 +101,36 @@ async def test_a_call_cancelled_before_it_reached_a_daemon_is_not_replayed() -> 
         assert client.written == [] and len(client.bridge.pending) == 0
     finally:
         client.bridge.abandon()
+
+
+async def test_no_daemon_answers_the_requests_no_daemon_ever_had() -> None:
+    client = started_client()
+    try:
+        client.call(10, "chat")
+        client.bridge.handle_disconnected()
+        client.call(11, "chat")
+        client.bridge.handle_no_daemon("nothing listens at ws://127.0.0.1:1")
+        [failed] = client.answers()
+        assert failed["id"] == 11 and failed["error"]["code"] == -32054
+        assert failed["error"]["data"] == {"code": "UNAVAILABLE"}
+        assert failed["error"]["message"] == "nothing listens at ws://127.0.0.1:1"
+        # The one a daemon has is left to the reconnect.
+        assert [p.request.request_id for p in client.bridge.pending.values()] == [10]
+    finally:
+        client.bridge.abandon()
+
+
+async def test_a_request_while_refused_outright_asks_for_a_fresh_attempt() -> None:
+    client = started_client()
+    try:
+        tries: list[bool] = []
+        connection = client.bridge.connection
+        connection.try_now = lambda: tries.append(True)  # type: ignore[method-assign]
+        client.call(12, "chat")
+        assert tries == []  # connected: nothing to hurry
+        client.bridge.handle_disconnected()
+        connection.refused_outright = True
+        client.call(13, "chat")
+        assert tries == [True]
+    finally:
+        client.bridge.abandon()

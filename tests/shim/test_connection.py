@@ -1,11 +1,14 @@
 """Tests of the connection loop (shim.connection) against a fake daemon on loopback: how
 a refused hello is told apart by its code (or, without one, the close code), never by
-its text."""
+its text; and how a port where nothing listens is told from a daemon that went away."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,10 +16,11 @@ import pytest
 from aiohttp import web
 
 from exai.settings import ShimSettings
-from shim.connection import ConnectionLoop, describe, refuses_token
+from shim import connection
+from shim.connection import ConnectionLoop, describe, no_daemon_message, refuses_token
 from shim.hello import SessionRefused
 from shim.websocket import ConnectionClosed, HandshakeError, WebSocket
-from tests.conftest import async_wait_for
+from tests.conftest import async_wait_for, free_port, scaled
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -32,6 +36,7 @@ class Peer:
         self.connected: list[bool] = []
         self.frames: list[bytes] = []
         self.unauthorized: list[str] = []
+        self.no_daemon: list[str] = []
         self.refused_as_too_large: list[str] = []
 
     def handle_connected(self, ws: WebSocket, resumed: bool) -> None:
@@ -49,6 +54,9 @@ class Peer:
     def handle_unauthorized(self, message: str) -> None:
         self.unauthorized.append(message)
 
+    def handle_no_daemon(self, message: str) -> None:
+        self.no_daemon.append(message)
+
     def handle_oversized_frame(self, head: bytes, size: int, limit: int) -> None:
         raise AssertionError("no frame here is over the limit")
 
@@ -62,6 +70,12 @@ class FakeDaemon:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.hellos: list[dict[str, Any]] = []
+        self.runner: web.AppRunner | None = None
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        assert self.runner is not None
+        await self.runner.cleanup()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -94,6 +108,7 @@ async def start_loop() -> AsyncIterator[StartLoop]:
         runner = web.AppRunner(app, shutdown_timeout=1.0)
         await runner.setup()
         runners.append(runner)
+        daemon.runner = runner
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         port: int = runner.addresses[0][1]
         peer = Peer()
@@ -196,3 +211,75 @@ def test_describe() -> None:
     assert describe(HandshakeError(401, "Unauthorized")) == "HTTP 401 Unauthorized"
     assert describe(SessionRefused("x")) == "daemon refused the session: x"
     assert describe(TimeoutError()) == "TimeoutError"
+
+
+# --- nothing listening --------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running(loop: ConnectionLoop, peer: Peer) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.get_running_loop().create_task(loop.run())
+    try:
+        yield task
+    finally:
+        peer.done.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_port_where_nothing_listens_is_reported_once_on_stderr(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = ShimSettings(port=free_port(), rpc_timeout_s=30.0)
+    peer = Peer()
+    loop = ConnectionLoop(settings, "s-1", peer)
+    with caplog.at_level(logging.WARNING, logger="shim"):
+        async with running(loop, peer):
+            await async_wait_for(lambda: len(peer.no_daemon) >= 3, 10, "three refusals")
+    assert loop.refused_outright
+    message = peer.no_daemon[0]
+    assert message == no_daemon_message(settings.url)
+    assert f"ws://127.0.0.1:{settings.port}" in message and "python -m broker" in message
+    assert [r.getMessage() for r in caplog.records] == [message]
+
+
+async def test_try_now_cuts_the_backoff_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connection, "backoff_delay_s", lambda attempt, jitter: 60.0)
+    peer = Peer()
+    loop = ConnectionLoop(ShimSettings(port=free_port()), "s-1", peer)
+    async with running(loop, peer):
+        await async_wait_for(lambda: peer.no_daemon, 10, "the first refusal")
+        started = time.monotonic()
+        loop.try_now()
+        await async_wait_for(lambda: len(peer.no_daemon) == 2, 10, "a second attempt")
+        assert time.monotonic() - started < scaled(5.0)
+
+
+async def test_no_refusal_is_reported_with_autostart_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shim starts a daemon and waits for it instead."""
+    settings = ShimSettings(port=free_port(), autostart=True)
+    peer = Peer()
+    loop = ConnectionLoop(settings, "s-1", peer)
+    assert loop.autostarter is not None
+    started: list[bool] = []
+
+    def maybe_start() -> bool:
+        started.append(True)
+        return True
+
+    monkeypatch.setattr(loop.autostarter, "maybe_start", maybe_start)
+    async with running(loop, peer):
+        await async_wait_for(lambda: len(started) >= 2, 10, "two autostarts")
+    assert peer.no_daemon == [] and not loop.refused_outright
+
+
+async def test_a_daemon_gone_after_a_connection_is_waited_for(start_loop: StartLoop) -> None:
+    """Once connected, a refusal is a daemon restarting: the session may resume."""
+    ack = {"op": "hello_ack", "ok": True, "resumed": False}
+    daemon, peer, loop = await start_loop(([ack], 0))
+    await async_wait_for(lambda: peer.connected, 10, "the connection")
+    await daemon.stop()
+    await async_wait_for(
+        lambda: "ConnectionRefusedError" in loop.last_error, 10, "a refused reconnect"
+    )
+    assert peer.no_daemon == [] and not loop.refused_outright
