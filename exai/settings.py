@@ -89,7 +89,11 @@ class Settings:
         default_factory=lambda: dict(DEFAULT_PROVIDER_CAPS)
     )
     queue_timeout_s: float = 0.0
-    queue_max_depth: int = 256
+    # MCP clients do not retry a custom error code: a burst of theirs waits instead,
+    # for less than the TypeScript SDK's 60 s request timeout, so that what they see
+    # after the wait is still our OVER_CAPACITY rather than their own timeout.
+    mcp_queue_timeout_s: float = 30.0
+    queue_max_depth: int = 1024
     resume_grace_s: float = 60.0
     send_buffer_bytes: int = 16 * 1024 * 1024
     # What all the sessions waiting out their resume grace may hold at once.
@@ -202,6 +206,7 @@ _DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_WS_SESSION_MAX_INFLIGHT": ("session_max_inflight", integer(1)),
     "EXAI_WS_GLOBAL_MAX_INFLIGHT": ("global_max_inflight", integer(1)),
     "EXAI_WS_QUEUE_TIMEOUT": ("queue_timeout_s", number(0)),
+    "EXAI_WS_MCP_QUEUE_TIMEOUT": ("mcp_queue_timeout_s", number(0)),
     "EXAI_WS_QUEUE_MAX_DEPTH": ("queue_max_depth", integer(1)),
     "EXAI_WS_RESUME_GRACE": ("resume_grace_s", number(0)),
     "EXAI_WS_SEND_BUFFER_BYTES": ("send_buffer_bytes", integer(65536)),

@@ -263,7 +263,7 @@ class CallManager:
             self._track(call)
             self._admit(call, outcome)
             return
-        if self.settings.queue_timeout_s > 0:
+        if self._queue_timeout(call) > 0:
             queued = self.scheduler.enqueue(call.session.id, call.provider, call, now)
             if isinstance(queued, Waiter):
                 self._queue(call, queued, outcome)
@@ -271,13 +271,19 @@ class CallManager:
             outcome = queued
         self._finish(call, error=over_capacity(outcome))
 
+    def _queue_timeout(self, call: PendingCall) -> float:
+        """How long `call` may wait for capacity: an op client is told at once by
+        default (it retries on OVER_CAPACITY), an MCP client's burst waits."""
+        settings = self.settings
+        return settings.queue_timeout_s if call.dialect is _OP else settings.mcp_queue_timeout_s
+
     def _queue(self, call: PendingCall, waiter: Waiter, rejection: Rejection) -> None:
         """RECEIVED -> QUEUED: wait for capacity, at most the queue timeout."""
         move(call, _QUEUED)
         call.waiter = waiter
         self._track(call)
         call.timer = self._loop.call_later(
-            self.settings.queue_timeout_s, self._queue_expired, call, rejection
+            self._queue_timeout(call), self._queue_expired, call, rejection
         )
         self._ack(call)
 
@@ -371,7 +377,7 @@ class CallManager:
         # Say which cap is full now: it may not be the one that queued the call.
         scope = self.scheduler.blocking_scope(call.session.id, call.provider) or rejection.scope
         now_full = Rejection(scope, call.provider, rejection.retry_after_ms)
-        self._finish(call, error=queue_wait_expired(now_full, self.settings.queue_timeout_s))
+        self._finish(call, error=queue_wait_expired(now_full, self._queue_timeout(call)))
 
     # --- worker events ---------------------------------------------------------------
 
