@@ -4,6 +4,8 @@ merges it into a user's real config file without losing anything.
 The fixtures under tests/shim/fixtures/ are small copies of real config files: a VS Code
 mcp.json and settings.json (with an Augment server list), Claude Desktop's config, the
 Auggie CLI's settings, Cursor's mcp.json, and a VS Code settings.json with comments.
+The newer clients' files (Gemini, Windsurf, Zed, Cline, Claude Code, Codex's TOML,
+Continue's YAML block) are written inline below, each with a neighbour entry to keep.
 """
 
 from __future__ import annotations
@@ -12,18 +14,47 @@ import copy
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shim.clients import CLIENTS, build_config, config_main, merge_config
+import shim.clients
+from shim.clients import CLIENTS, build_config, config_main, default_path, merge_config
+
+yaml = pytest.importorskip("yaml")
+REAL_PROBE = shim.clients.shim_needs_pythonpath
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ENVIRON = {"EXAI_WS_HOST": "127.0.0.1", "EXAI_WS_PORT": "8799"}
+JSON_CLIENTS = [c for c in CLIENTS if c not in ("codex", "continue", "claude-code")]
+
+
+@pytest.fixture(autouse=True)
+def _installed_shim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe for an uninstalled source tree starts a Python; it has its own tests."""
+    monkeypatch.setattr(shim.clients, "shim_needs_pythonpath", lambda *_: False)
+
+
+def parse(client: str, text: str) -> dict[str, Any]:
+    """A printed or written block, read back the way the client reads it."""
+    if client == "codex":
+        return tomllib.loads(text)
+    if client == "continue":
+        loaded: dict[str, Any] = yaml.safe_load(text)
+        return loaded
+    if client == "claude-code" and text.startswith("claude "):
+        argv = shlex.split(text)
+        assert argv[:5] == ["claude", "mcp", "add-json", "--scope", "user"], argv
+        name, spec = argv[5:]
+        return {"mcpServers": {name: json.loads(spec)}}
+    parsed: dict[str, Any] = json.loads(text)
+    return parsed
 
 
 def printed_block(
@@ -31,8 +62,7 @@ def printed_block(
 ) -> dict[str, Any]:
     """What `python -m shim config --client <client>` prints, parsed."""
     assert config_main(["--client", client], environ if environ is not None else ENVIRON) == 0
-    block: dict[str, Any] = json.loads(capsys.readouterr().out)
-    return block
+    return parse(client, capsys.readouterr().out)
 
 
 def our_entry(client: str, block: dict[str, Any], name: str = "exai") -> dict[str, Any]:
@@ -40,6 +70,12 @@ def our_entry(client: str, block: dict[str, Any], name: str = "exai") -> dict[st
         entry: dict[str, Any] = block["servers"][name]
     elif client == "augment":
         (entry,) = [s for s in block["augment.advanced"]["mcpServers"] if s.get("name") == name]
+    elif client == "continue":
+        (entry,) = [s for s in block["mcpServers"] if s.get("name") == name]
+    elif client == "zed":
+        entry = block["context_servers"][name]
+    elif client == "codex":
+        entry = block["mcp_servers"][name]
     else:
         entry = block["mcpServers"][name]
     return entry
@@ -48,28 +84,84 @@ def our_entry(client: str, block: dict[str, Any], name: str = "exai") -> dict[st
 # --- the printed block -------------------------------------------------------------------
 
 
+SHAPES: dict[str, Any] = {
+    "vscode": {"servers": {"srv": {"type": "stdio", "$": 0}}},
+    "augment": {"augment.advanced": {"mcpServers": [{"name": "srv", "$": 0}]}},
+    "auggie": {"mcpServers": {"srv": {"$": 0}}},
+    "claude": {"mcpServers": {"srv": {"$": 0}}},
+    "cursor": {"mcpServers": {"srv": {"$": 0}}},
+    "claude-code": {"mcpServers": {"srv": {"type": "stdio", "$": 0}}},
+    "gemini": {"mcpServers": {"srv": {"$": 0}}},
+    "codex": {"mcp_servers": {"srv": {"$": 0}}},
+    "windsurf": {"mcpServers": {"srv": {"$": 0}}},
+    "zed": {"context_servers": {"srv": {"$": 0}}},
+    "cline": {"mcpServers": {"srv": {"$": 0, "disabled": False, "autoApprove": []}}},
+    "continue": {
+        "name": "srv",
+        "version": "0.0.1",
+        "schema": "v1",
+        "mcpServers": [{"name": "srv", "$": 0}],
+    },
+}
+
+
+def with_entry(shape: Any, entry: dict[str, Any]) -> Any:
+    """`shape` with each {"$": 0} placeholder replaced by the entry's fields."""
+    if isinstance(shape, dict):
+        out = {k: with_entry(v, entry) for k, v in shape.items() if k != "$"}
+        return {**entry, **out} if "$" in shape else out
+    if isinstance(shape, list):
+        return [with_entry(v, entry) for v in shape]
+    return shape
+
+
+def test_every_client_has_a_shape_here() -> None:
+    assert set(SHAPES) == set(CLIENTS)
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_build_config_has_each_clients_shape(client: str) -> None:
-    """vscode: servers.<name> with type stdio; augment: a named entry in the
-    augment.advanced.mcpServers list; auggie, claude, cursor: mcpServers.<name>."""
-    block = build_config(client, "srv", "/venv/bin/python", "/repo", {"EXAI_WS_PORT": "1"})
-    expected: dict[str, Any] = {
-        "command": "/venv/bin/python",
-        "args": ["-m", "shim"],
-        "cwd": "/repo",
-        "env": {"EXAI_WS_PORT": "1"},
-    }
-    if client == "vscode":
-        assert block == {"servers": {"srv": {"type": "stdio", **expected}}}
-    elif client == "augment":
-        assert block == {"augment.advanced": {"mcpServers": [{"name": "srv", **expected}]}}
-    else:
-        assert block == {"mcpServers": {"srv": expected}}
+    """Each client's documented shape (see the table in shim.clients), with the same
+    command, args and env everywhere, and no cwd: nothing depends on where it starts."""
+    block = build_config(client, "srv", "/venv/bin/python", {"EXAI_WS_PORT": "1"})
+    expected = {"command": "/venv/bin/python", "args": ["-m", "shim"], "env": {"EXAI_WS_PORT": "1"}}
+    assert block == with_entry(SHAPES[client], expected)
+    assert "cwd" not in json.dumps(block)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_printed_text_parses_back_to_the_block(
+    client: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What is printed is the block in the client's own format: JSON, TOML (read with
+    tomllib), YAML, or for Claude Code a `claude mcp add-json` line a shell splits into
+    the name and the JSON entry."""
+    block = build_config(client, "exai", os.path.abspath(sys.executable), ENVIRON)
+    assert printed_block(client, capsys) == block
+
+
+def test_claude_code_prints_a_command_line_with_the_stdio_entry(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert config_main(["--client", "claude-code", "--name", "my srv"], ENVIRON) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("claude mcp add-json --scope user 'my srv' '{")
+    assert out.endswith("}'\n") and out.count("\n") == 1
+
+
+def test_strings_that_need_escaping_survive_toml_and_yaml() -> None:
+    """Quotes, backslashes, control characters, DEL and non-ASCII in a path or token
+    come back unchanged from both emitters."""
+    nasty = 'C:\\Users\\"me"\t\x7f\x01 é 😀 #: - [x] {y}'
+    env = {"EXAI_WS_TOKEN": nasty, "odd key": "v"}
+    for client in ("codex", "continue"):
+        block = build_config(client, "a.b", nasty, env)
+        assert parse(client, shim.clients.render(client, block)) == block
 
 
 def test_build_config_refuses_an_unknown_client() -> None:
-    with pytest.raises(ValueError, match="unknown client 'zed'"):
-        build_config("zed", "exai", "/p", "/r", {})
+    with pytest.raises(ValueError, match="unknown client 'emacs'"):
+        build_config("emacs", "exai", "/p", {})
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -83,7 +175,7 @@ def test_printed_entry_uses_this_venvs_python_and_the_daemon_address(
     assert Path(entry["command"]).is_absolute()
     assert entry["args"] == ["-m", "shim"]
     assert entry["env"] == {"EXAI_WS_HOST": "127.0.0.1", "EXAI_WS_PORT": "8799"}
-    assert Path(entry["cwd"], "shim", "__main__.py").is_file()
+    assert "cwd" not in entry
 
 
 def test_printed_env_carries_the_token_and_shim_settings_only_when_set(
@@ -100,6 +192,8 @@ def test_printed_env_carries_the_token_and_shim_settings_only_when_set(
         "HOME": "/home/me",
     }
     entry = our_entry("claude", printed_block("claude", capsys, environ))
+    # Autostart brings an absolute log folder along (see test_autostart_is_off_unless_asked_for).
+    assert Path(entry["env"].pop("EXAI_LOG_DIR")).is_absolute()
     assert entry["env"] == {
         "EXAI_WS_HOST": "127.0.0.1",
         "EXAI_WS_PORT": "9000",
@@ -276,8 +370,226 @@ def test_two_writes_in_the_same_second_keep_the_original_backup(
 def test_merge_config_never_mutates_its_inputs() -> None:
     """merge_config returns a new object; the loaded file and the block stay as they were."""
     existing = json.loads((FIXTURES / "vscode_settings.json").read_text())
-    block = build_config("augment", "exai", "/p", "/r", {})
+    block = build_config("augment", "exai", "/p", {})
     snapshot = (copy.deepcopy(existing), copy.deepcopy(block))
     merged = merge_config(existing, block, "augment")
     assert (existing, block) == snapshot
     assert merged is not existing
+
+
+# --- the newer clients' files ------------------------------------------------------------
+
+NEIGHBOUR = {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-memory"]}
+OLD_OURS = {"command": "/old/python", "args": ["old.py"], "cwd": "/old"}
+JSON_FILES = {
+    "gemini": {"theme": "Dracula", "mcpServers": {"memory": NEIGHBOUR, "exai": OLD_OURS}},
+    "windsurf": {"mcpServers": {"memory": NEIGHBOUR, "exai": OLD_OURS}},
+    "zed": {"theme": "One Dark", "context_servers": {"memory": NEIGHBOUR, "exai": OLD_OURS}},
+    "cline": {"mcpServers": {"memory": {**NEIGHBOUR, "disabled": True}, "exai": OLD_OURS}},
+    "claude-code": {"mcpServers": {"memory": {"type": "stdio", **NEIGHBOUR}, "exai": OLD_OURS}},
+}
+CODEX_TOML = """\
+# my Codex settings
+model = "o3"
+
+[mcp_servers.memory]
+command = "npx"  # keep this comment
+args = ["-y", "@modelcontextprotocol/server-memory"]
+
+[mcp_servers.exai]
+command = "/old/python"
+args = ["old.py"]
+
+[mcp_servers.exai.env]
+OLD = "1"
+
+[profiles.fast]
+model = "o4-mini"
+"""
+CONTINUE_YAML = """\
+# kept in the backup
+name: My servers
+version: 1.0.0
+schema: v1
+mcpServers:
+  - name: memory
+    command: npx
+    args: ["-y", "@modelcontextprotocol/server-memory"]
+  - name: exai
+    command: /old/python
+"""
+NEW_CASES = [*JSON_FILES, "codex", "continue"]
+
+
+def original_text(client: str) -> str:
+    if client == "codex":
+        return CODEX_TOML
+    if client == "continue":
+        return CONTINUE_YAML
+    return json.dumps(JSON_FILES[client], indent=4)
+
+
+@pytest.mark.parametrize("client", NEW_CASES)
+def test_write_merges_into_each_new_clients_file(
+    client: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--write into a Gemini, Windsurf, Zed, Cline, Claude Code, Codex or Continue file
+    keeps every other entry and setting, replaces our old entry entirely, leaves a backup
+    identical to the original, and the result parses back in the client's format."""
+    entry = our_entry(client, printed_block(client, capsys))
+    target = tmp_path / "config"
+    target.write_text(original_text(client))
+    original = parse(client, original_text(client))
+
+    assert write(client, target) == 0
+    match = re.fullmatch(r"wrote .+ \(backup: (.+)\)\n", capsys.readouterr().out)
+    assert match is not None
+    assert Path(match.group(1)).read_text() == original_text(client)
+
+    merged = parse(client, target.read_text())
+    assert our_entry(client, merged) == entry
+    if client == "continue":
+        assert [s["name"] for s in merged["mcpServers"]] == ["memory", "exai"]
+        assert merged["mcpServers"][0] == original["mcpServers"][0]
+        assert {k: merged[k] for k in ("name", "version", "schema")} == {
+            "name": "My servers",
+            "version": "1.0.0",
+            "schema": "v1",
+        }
+    else:
+        expected = copy.deepcopy(original)
+        key = {"zed": "context_servers", "codex": "mcp_servers"}.get(client, "mcpServers")
+        expected[key]["exai"] = entry
+        assert merged == expected
+    if client == "codex":
+        text = target.read_text()
+        assert "# my Codex settings" in text and "# keep this comment" in text
+        assert "OLD" not in text
+    assert write(client, target) == 0  # a second run changes nothing
+    assert parse(client, target.read_text()) == merged
+
+
+@pytest.mark.parametrize("client", NEW_CASES)
+def test_write_without_a_path_uses_the_clients_usual_file(
+    client: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--write` alone writes where the client looks (under HOME, or the project in the
+    current directory for Claude Code's .mcp.json and Continue's block folder)."""
+    monkeypatch.chdir(tmp_path)
+    environ = {**ENVIRON, "HOME": str(tmp_path / "home")}
+    assert config_main(["--client", client, "--write"], environ) == 0
+    target = default_path(client, "exai", environ)
+    assert target is not None
+    where = tmp_path / target if not target.is_absolute() else target
+    assert where.is_file()
+    assert our_entry(client, parse(client, where.read_text()))["args"] == ["-m", "shim"]
+
+
+@pytest.mark.parametrize(
+    ("client", "platform", "expected"),
+    [
+        ("gemini", "linux", "home/.gemini/settings.json"),
+        ("codex", "linux", "home/.codex/config.toml"),
+        ("windsurf", "linux", "home/.codeium/windsurf/mcp_config.json"),
+        ("zed", "linux", "home/.config/zed/settings.json"),
+        ("zed", "darwin", "home/.config/zed/settings.json"),
+        ("auggie", "linux", "home/.augment/settings.json"),
+        ("cursor", "linux", "home/.cursor/mcp.json"),
+        (
+            "cline",
+            "linux",
+            "home/.config/Code/User/globalStorage/saoudrizwan.claude-dev/settings/"
+            "cline_mcp_settings.json",
+        ),
+        (
+            "claude",
+            "darwin",
+            "home/Library/Application Support/Claude/claude_desktop_config.json",
+        ),
+        ("claude-code", "linux", ".mcp.json"),
+        ("continue", "linux", ".continue/mcpServers/exai.yaml"),
+        ("vscode", "linux", ".vscode/mcp.json"),
+    ],
+)
+def test_default_paths(client: str, platform: str, expected: str) -> None:
+    environ = {"HOME": "home"}
+    assert default_path(client, "exai", environ, platform) == Path(expected)
+
+
+def test_codex_home_moves_the_codex_file() -> None:
+    environ = {"HOME": "/h", "CODEX_HOME": "/c"}
+    assert default_path("codex", "exai", environ, "linux") == Path("/c/config.toml")
+
+
+@pytest.mark.parametrize("client", ["augment", "claude"])
+def test_write_without_a_path_where_there_is_no_usual_file_asks_for_one(
+    client: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert config_main(["--client", client, "--write"], ENVIRON) == 2
+    assert "--write PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('mcp_servers = { exai = { command = "x" } }\n', id="inline"),
+        pytest.param('[mcp_servers]\nexai.command = "x"\n', id="dotted"),
+        pytest.param("this is = = not toml\n", id="invalid"),
+    ],
+)
+def test_a_codex_file_this_cannot_rewrite_is_refused_untouched(
+    text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A TOML file that defines our server inline or with dotted keys (or is not TOML)
+    is refused with a message, unchanged and without a backup, never half-rewritten."""
+    target = tmp_path / "config.toml"
+    target.write_text(text)
+    assert write("codex", target) == 1
+    assert capsys.readouterr().err.startswith("exai-shim: ")
+    assert target.read_text() == text
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
+
+
+def test_a_continue_file_that_is_not_a_mapping_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "exai.yaml"
+    target.write_text("- just\n- a list\n")
+    assert write("continue", target) == 1
+    assert "YAML mapping" in capsys.readouterr().err
+
+
+# --- autostart and the launch environment ------------------------------------------------
+
+
+def test_autostart_is_off_unless_asked_for(capsys: pytest.CaptureFixture[str]) -> None:
+    """By default the entry does not start a daemon; --autostart turns it on with an
+    absolute log folder (the daemon would otherwise write logs/ into each project the
+    client opens); --no-autostart removes it even when the environment sets it."""
+    assert "EXAI_SHIM_AUTOSTART" not in our_entry("gemini", printed_block("gemini", capsys))["env"]
+    assert config_main(["--client", "gemini", "--autostart"], ENVIRON) == 0
+    env = our_entry("gemini", json.loads(capsys.readouterr().out))["env"]
+    assert env["EXAI_SHIM_AUTOSTART"] == "1"
+    assert Path(env["EXAI_LOG_DIR"]).is_absolute()
+    environ = {**ENVIRON, "EXAI_SHIM_AUTOSTART": "1"}
+    assert config_main(["--client", "gemini", "--no-autostart"], environ) == 0
+    env = our_entry("gemini", json.loads(capsys.readouterr().out))["env"]
+    assert "EXAI_SHIM_AUTOSTART" not in env and "EXAI_LOG_DIR" not in env
+
+
+def test_an_uninstalled_source_tree_gets_pythonpath(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When `python -m shim` would work only from the source folder, the entry names
+    that folder in PYTHONPATH so it starts from any directory."""
+    monkeypatch.setattr(shim.clients, "shim_needs_pythonpath", lambda *_: True)
+    env = our_entry("zed", printed_block("zed", capsys))["env"]
+    assert Path(env["PYTHONPATH"], "shim", "clients.py").is_file()
+
+
+def test_the_probe_sees_this_installed_shim_from_another_directory() -> None:
+    """The real probe: this venv has the project installed, so no PYTHONPATH is needed;
+    an interpreter that cannot import it at all needs one."""
+    assert REAL_PROBE(sys.executable, dict(os.environ)) is False
+    assert REAL_PROBE("/nonexistent/python", dict(os.environ)) is True
