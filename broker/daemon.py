@@ -38,11 +38,10 @@ from broker.observe.recent import RecentStats
 from broker.observe.snapshot import take_snapshot
 from broker.pool.supervisor import PoolFailure, Supervisor, WorkerHandle, worker_environment
 from broker.router.codec import Dialect, FrameCodec
-from broker.router.router import SERVER_INFO, FrameRouter
+from broker.router.router import SERVER_INFO, ClientPeer, FrameRouter
 from broker.web.app import create_app
 from broker.web.auth import Auth
 from broker.web.clients import Clients
-from broker.web.connection import WsConnection
 from broker.web.listener import bind_socket
 from exai.errors import DAEMON_SHUTDOWN_CAUSE, BrokerError, WorkerLost
 from exai.exits import ExitCode
@@ -443,7 +442,7 @@ class Daemon:
             self.calls.end_session(session)
             self.sessions.forget(session)
 
-    def connection_closed(self, conn: WsConnection, ended: bool) -> None:
+    def connection_closed(self, conn: ClientPeer, ended: bool) -> None:
         """A client connection is gone: keep its session for a reconnect, or end it."""
         session = conn.session
         if session is None or session.owner is not conn:

@@ -15,16 +15,26 @@ from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from broker.calls.session import SessionRegistry
 from broker.observe.prometheus import CONTENT_TYPE
-from broker.router.router import CROWDED_OUT, HELLO_TIMEOUT, Refusal
+from broker.router.router import CROWDED_OUT, HELLO_TIMEOUT, ClientPeer, Refusal
 from broker.web.auth import Auth
 from broker.web.clients import Clients
 from broker.web.connection import WsConnection
 from broker.web.guard import GUARD_KEY, Guard, guard_middleware, wants_websocket
 from broker.web.heartbeat import Heartbeat
+from broker.web.streamable import STREAMABLE_PATH, HttpSessions, Streamable
 from exai.settings import Settings
 
-__all__ = ["BACKEND_KEY", "SETTINGS_KEY", "WS_ONLY_PATH", "Backend", "FrameHandler", "create_app"]
+__all__ = [
+    "BACKEND_KEY",
+    "HTTP_SESSIONS_KEY",
+    "SETTINGS_KEY",
+    "WS_ONLY_PATH",
+    "Backend",
+    "FrameHandler",
+    "create_app",
+]
 
 log = logging.getLogger("broker.web.app")
 
@@ -35,7 +45,7 @@ WS_ONLY_PATH = "/ws"
 
 
 class FrameHandler(Protocol):
-    def handle(self, peer: WsConnection, data: bytes, /) -> None:
+    def handle(self, peer: ClientPeer, data: bytes, /) -> None:
         """Act on one frame from `peer`."""
 
     def refuse(self, peer: WsConnection, refusal: Refusal, /) -> None:
@@ -55,18 +65,26 @@ class Backend(Protocol):
     @property
     def router(self) -> FrameHandler: ...
 
+    @property
+    def sessions(self) -> SessionRegistry: ...
+
+    @property
+    def hosting(self) -> object | None:
+        """The hosted server, if the daemon hosts one."""
+
     def snapshot(self) -> dict[str, Any]:
         """The health snapshot (GET /health)."""
 
     def render_metrics(self) -> bytes:
         """The Prometheus text (GET /metrics)."""
 
-    def connection_closed(self, conn: WsConnection, ended: bool) -> None:
+    def connection_closed(self, conn: ClientPeer, ended: bool) -> None:
         """`conn` is gone; `ended` when the client said goodbye (close code 1000)."""
 
 
 SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings")
 BACKEND_KEY: web.AppKey[Backend] = web.AppKey("backend")
+HTTP_SESSIONS_KEY: web.AppKey[HttpSessions] = web.AppKey("http_sessions")
 
 
 async def handle_root(request: web.Request) -> web.StreamResponse:
@@ -212,6 +230,35 @@ async def expect_continue(request: web.Request) -> None:
         request.writer.output_size = 0
 
 
+def _add_streamable(app: web.Application, settings: Settings, backend: Backend) -> None:
+    # Read from the backend when a request comes, not now: nothing of it is needed
+    # before the first one.
+    sessions = HttpSessions(
+        lambda: backend.sessions,
+        backend.connection_closed,
+        idle_s=settings.session_idle_timeout_s,
+        max_sessions=settings.max_connections,
+        buffer_bytes=settings.send_buffer_bytes,
+    )
+    streamable = Streamable(
+        sessions,
+        backend.router.handle,
+        lambda: backend.draining,
+        hosted=lambda: backend.hosting is not None,
+        max_body_bytes=settings.max_frame_bytes,
+    )
+    app[HTTP_SESSIONS_KEY] = sessions
+    app.router.add_post(STREAMABLE_PATH, streamable.post, expect_handler=expect_continue)
+    app.router.add_get(STREAMABLE_PATH, streamable.get, expect_handler=expect_continue)
+    app.router.add_delete(STREAMABLE_PATH, streamable.delete, expect_handler=expect_continue)
+
+    async def end_http_sessions(_: web.Application) -> None:
+        # Open SSE streams would otherwise hold the shutdown for aiohttp's whole timeout.
+        sessions.end_all()
+
+    app.on_shutdown.append(end_http_sessions)
+
+
 def create_app(settings: Settings, auth: Auth, backend: Backend) -> web.Application:
     """The daemon's routes, every one behind the guard."""
     app = web.Application(client_max_size=1024 * 1024, middlewares=[guard_middleware])
@@ -222,6 +269,7 @@ def create_app(settings: Settings, auth: Auth, backend: Backend) -> web.Applicat
     app.router.add_get(WS_ONLY_PATH, handle_ws_only, expect_handler=expect_continue)
     app.router.add_get("/health", handle_health, expect_handler=expect_continue)
     app.router.add_get("/metrics", handle_metrics, expect_handler=expect_continue)
+    _add_streamable(app, settings, backend)
     # Last, so that it matches only what no route above does: a 404 or 405 of aiohttp's
     # own would go through its Expect handler.
     app.router.add_route("*", "/{path:.*}", handle_unrouted, expect_handler=expect_continue)
