@@ -17,6 +17,7 @@ The rules, in order (the first that fails answers):
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Collection
 
 from aiohttp import web
@@ -83,7 +84,11 @@ class Guard:
     def refusal(self, request: web.BaseRequest) -> web.Response | None:
         """The refusal to answer `request` with, or None when it may go on."""
         origin = request.headers.get("Origin")
-        if origin is not None and origin.rstrip("/") not in self.allowed_origins:
+        if (
+            origin is not None
+            and origin.rstrip("/") not in self.allowed_origins
+            and not _own_origin(origin, request)
+        ):
             log.warning(
                 "refused %s %s from origin %s (not in EXAI_WS_ALLOWED_ORIGINS)",
                 request.method,
@@ -119,6 +124,22 @@ class Guard:
     def authenticated(self, request: web.BaseRequest) -> bool:
         """Did `request` (which passed the guard) prove the token? True when auth is off."""
         return not self.auth.enabled or _bearer(request) is not None
+
+
+def _own_origin(origin: str, request: web.BaseRequest) -> bool:
+    """True for the daemon's own origin: a loopback name or address with the very port
+    this request came in on. Only a page the daemon served has it; a rebinding attack
+    names the attacker's host, and another local server's page another port."""
+    try:
+        parts = urllib.parse.urlsplit(origin)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    own_port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else None
+    return port == own_port and is_loopback_host(parts.hostname)
 
 
 GUARD_KEY: web.AppKey[Guard] = web.AppKey("guard")

@@ -61,19 +61,22 @@ async def test_websocket_origin_rules(
     daemon_factory: DaemonFactory, http: aiohttp.ClientSession
 ) -> None:
     """A foreign Origin is 403 before the upgrade; a listed origin (with or without a
-    trailing slash) and no Origin at all are accepted."""
+    trailing slash), the daemon's own and no Origin at all are accepted."""
     daemon = daemon_factory(workers=1, env={"EXAI_WS_ALLOWED_ORIGINS": f"{ALLOWED}/"})
     refused = [
         "http://evil.example",
         "null",
         "http://allowed.example",  # same host, other port: another origin
         "https://allowed.example:8080",
-        f"http://127.0.0.1:{daemon.port}",  # even our own address is a browser page
+        f"http://127.0.0.1:{daemon.port + 1}",  # another local server's page
+        f"http://127.0.0.1.evil.example:{daemon.port}",
         "",
     ]
     for origin in refused:
         assert await upgrade_status(http, daemon, {"Origin": origin}) == 403, origin
-    for origin in (ALLOWED, f"{ALLOWED}/"):
+    # Listed ones, and the daemon's own (only a page it served has that origin).
+    own = (f"http://127.0.0.1:{daemon.port}", f"http://localhost:{daemon.port}")
+    for origin in (ALLOWED, f"{ALLOWED}/", *own):
         assert await upgrade_status(http, daemon, {"Origin": origin}) == 101, origin
     assert await upgrade_status(http, daemon, {}) == 101
     logs = daemon_logs(daemon)
