@@ -442,8 +442,9 @@ class Daemon:
             self.calls.end_session(session)
             self.sessions.forget(session)
 
-    def connection_closed(self, conn: ClientPeer, ended: bool) -> None:
-        """A client connection is gone: keep its session for a reconnect, or end it."""
+    def connection_closed(self, conn: ClientPeer, ended: bool, quiet: bool = False) -> None:
+        """A client connection is gone: keep its session for a reconnect, or end it
+        (`quiet`: one that lasted a single exchange, logged at debug)."""
         session = conn.session
         if session is None or session.owner is not conn:
             return
@@ -459,7 +460,11 @@ class Daemon:
         else:
             self.calls.end_session(session)
             self.sessions.forget(session)
-            log.info("session %s closed", session.id[:8])
+            log.log(logging.DEBUG if quiet else logging.INFO, "session %s closed", session.id[:8])
+
+    def round_owner(self, state: str) -> str | None:
+        """The session a 2026-07-28 round was given to (sessionless HTTP retries)."""
+        return self.calls.round_owner(state)
 
     def render_metrics(self) -> bytes:
         return self.prometheus.render()

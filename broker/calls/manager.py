@@ -524,6 +524,10 @@ class CallManager:
             self._reply(call, *parked.reply)
         return True
 
+    def round_owner(self, state: str) -> str | None:
+        """The session whose 2026-07-28 round `state` names, if one is open."""
+        return self._rounds.owner(state)
+
     def retry_held(self) -> None:
         """A hosted instance started (or failed to): the requests held for one go now."""
         backlog, self.backlog = self.backlog, deque()

@@ -53,6 +53,12 @@ class Rounds:
         del self._by_state[state]
         return parked
 
+    def owner(self, state: str) -> str | None:
+        """The session a round was given to (its requestState is proof enough of being
+        that client where there are no sessions: it is unguessable and single-use)."""
+        parked = self._by_state.get(state)
+        return parked.session_id if parked is not None else None
+
     def drop(self, state: str) -> None:
         self._by_state.pop(state, None)
 

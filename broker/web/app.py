@@ -78,8 +78,11 @@ class Backend(Protocol):
     def render_metrics(self) -> bytes:
         """The Prometheus text (GET /metrics)."""
 
-    def connection_closed(self, conn: ClientPeer, ended: bool) -> None:
+    def connection_closed(self, conn: ClientPeer, ended: bool, quiet: bool = False) -> None:
         """`conn` is gone; `ended` when the client said goodbye (close code 1000)."""
+
+    def round_owner(self, state: str) -> str | None:
+        """The session a 2026-07-28 round (its requestState) was given to."""
 
 
 SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings")
@@ -246,6 +249,7 @@ def _add_streamable(app: web.Application, settings: Settings, backend: Backend) 
         lambda: backend.draining,
         hosted=lambda: backend.hosting is not None,
         max_body_bytes=settings.max_frame_bytes,
+        round_owner=lambda state: backend.round_owner(state),
     )
     app[HTTP_SESSIONS_KEY] = sessions
     app.router.add_post(STREAMABLE_PATH, streamable.post, expect_handler=expect_continue)

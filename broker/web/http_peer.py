@@ -151,6 +151,9 @@ class HttpPeer:
         self.authenticated = True
         self.dialect = Dialect.MCP
         self.ended = False
+        # A 2026-07-28 exchange's own session: it has no GET stream, so whatever the
+        # server sends goes on the request's stream.
+        self.sessionless = False
         self.standalone = Standalone(max_buffer_bytes)
         self._on_close = on_close
         self._streams = 0
@@ -212,7 +215,7 @@ class HttpPeer:
             if target is not None:
                 target.push(data)
                 return
-        elif present(msg.id):
+        elif present(msg.id) or self.sessionless:
             target = self._newest_sse()
             if target is not None:
                 target.push(data)

@@ -35,7 +35,7 @@ from aiohttp import web
 from broker.calls.session import SessionRegistry
 from broker.web.http_peer import STANDALONE_STREAM, HttpPeer, RequestStream, progress_token
 from broker.web.sse import KEEPALIVE, parse_event_id
-from exai.errors import SUPPORTED_HANDSHAKE_VERSIONS
+from exai.errors import MODERN_VERSION, SUPPORTED_HANDSHAKE_VERSIONS
 from exai.jsonrpc import Message, present
 
 __all__ = ["STREAMABLE_PATH", "HttpSessions", "Streamable"]
@@ -45,6 +45,9 @@ log = logging.getLogger("broker.web.streamable")
 STREAMABLE_PATH = "/mcp"
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
+METHOD_HEADER = "Mcp-Method"
+# JSON-RPC's code for a routing header that disagrees with the body (2026-07-28).
+HEADER_MISMATCH = -32020
 # How often a waiting handler looks whether its client hung up: aiohttp tells a
 # handler nothing when the connection drops while it waits on something else.
 POLL_S = 0.2
@@ -54,7 +57,13 @@ _OPENED = b": open\n\n"
 _JSON_ONLY_METHODS = frozenset({"initialize", "ping"})
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
+
+class _Resume(msgspec.Struct):
+    requestState: object = None
+
+
 _decoder = msgspec.json.Decoder(Message)
+_RESUME = msgspec.json.Decoder(_Resume)
 _encoder = msgspec.json.Encoder()
 
 Handle = Callable[[HttpPeer, bytes], None]
@@ -66,7 +75,7 @@ class HttpSessions:
     def __init__(
         self,
         registry: Callable[[], SessionRegistry],
-        closed: Callable[[HttpPeer, bool], None],
+        closed: Callable[[HttpPeer, bool, bool], None],
         idle_s: float,
         max_sessions: int,
         buffer_bytes: int,
@@ -83,19 +92,26 @@ class HttpSessions:
     def __len__(self) -> int:
         return len(self._peers)
 
-    def create(self, remote: str) -> HttpPeer | None:
-        """A new session (None when EXAI_WS_MAX_CONNECTIONS of them are open)."""
+    def create(self, remote: str, sessionless: bool = False) -> HttpPeer | None:
+        """A new session (None when EXAI_WS_MAX_CONNECTIONS of them are open);
+        `sessionless` for a 2026-07-28 exchange's own, not worth a log line each."""
         if len(self._peers) >= self.max_sessions:
             return None
         session_id = secrets.token_urlsafe(32)
         peer = HttpPeer(session_id, remote, self.buffer_bytes, on_close=self.end)
+        peer.sessionless = sessionless
         session, _, _ = self.registry().open(session_id, peer.send, False)
         session.owner = peer
         session.speaks_mcp = True
         peer.session = session
         self._peers[session_id] = peer
         self._arm(peer)
-        log.info("HTTP session %s opened from %s", session_id[:8], remote)
+        log.log(
+            logging.DEBUG if sessionless else logging.INFO,
+            "HTTP session %s opened from %s",
+            session_id[:8],
+            remote,
+        )
         return peer
 
     def get(self, session_id: str) -> HttpPeer | None:
@@ -135,7 +151,7 @@ class HttpSessions:
             return
         self._drop(peer)
         peer.end()
-        self._closed(peer, True)
+        self._closed(peer, True, peer.sessionless)
 
     def end_all(self) -> None:
         for peer in list(self._peers.values()):
@@ -172,7 +188,9 @@ class Streamable:
         draining: Callable[[], bool],
         hosted: Callable[[], bool],
         max_body_bytes: int,
+        round_owner: Callable[[str], str | None] = lambda state: None,
     ) -> None:
+        self.round_owner = round_owner
         self.sessions = sessions
         self.handle = handle
         self.draining = draining
@@ -210,6 +228,8 @@ class Streamable:
         is_request = msg.method is not None and present(msg.id)
         request_id = bytes(msg.id) if is_request else b"null"
         session_id = request.headers.get(SESSION_HEADER)
+        if _sessionless(request):
+            return await self._post_sessionless(request, msg, body, request_id, want_json, want_sse)
         created = False
         if session_id is None:
             if msg.method != "initialize" or not is_request:
@@ -230,18 +250,84 @@ class Streamable:
             if not is_request:
                 self.handle(peer, body)
                 return web.Response(status=202)
-            token = progress_token(msg.params)
-            sse = want_sse and (not want_json or self._streams(msg.method, token))
-            stream = peer.open_request(request_id, token, sse)
-            if stream is None:
-                return _rpc_error(409, -32600, "a request with this id is still open", request_id)
-            self.handle(peer, body)
             headers = {SESSION_HEADER: peer.session_id} if created else {}
-            if sse:
-                return await self._sse_answer(request, peer, stream, headers)
-            return await self._json_answer(request, peer, stream, headers)
+            return await self._exchange(
+                request, peer, msg, body, request_id, want_json, want_sse, headers
+            )
         finally:
             self.sessions.leave(peer)
+
+    async def _exchange(
+        self,
+        request: web.Request,
+        peer: HttpPeer,
+        msg: Message,
+        body: bytes,
+        request_id: bytes,
+        want_json: bool,
+        want_sse: bool,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """Pass one request to the router and answer it, as JSON or as an SSE stream."""
+        token = progress_token(msg.params)
+        sse = want_sse and (not want_json or self._streams(msg.method, token))
+        stream = peer.open_request(request_id, token, sse)
+        if stream is None:
+            return _rpc_error(409, -32600, "a request with this id is still open", request_id)
+        self.handle(peer, body)
+        if sse:
+            return await self._sse_answer(request, peer, stream, headers)
+        return await self._json_answer(request, peer, stream, headers)
+
+    async def _post_sessionless(
+        self,
+        request: web.Request,
+        msg: Message,
+        body: bytes,
+        request_id: bytes,
+        want_json: bool,
+        want_sse: bool,
+    ) -> web.StreamResponse:
+        """A 2026-07-28 POST: one self-contained request, no Mcp-Session-Id.
+
+        It is served by a session of its own, ended with the exchange; unless its answer
+        asked for input (`input_required`), when the session waits for the retry, which
+        names the round's unguessable, single-use requestState and is served by it."""
+        if msg.method is None or request_id == b"null":
+            return web.Response(status=202)  # this revision defines no notifications here
+        if request.headers.get(METHOD_HEADER) != msg.method:
+            return _rpc_error(
+                400,
+                HEADER_MISMATCH,
+                f"{METHOD_HEADER} header does not match the request body's method",
+                request_id,
+            )
+        peer = self._round_peer(msg.params)
+        if peer is None:
+            peer = self.sessions.create(f"{request.remote}", sessionless=True)
+            if peer is None:
+                return _rpc_error(503, -32600, "too many sessions (EXAI_WS_MAX_CONNECTIONS)")
+        self.sessions.enter(peer)
+        try:
+            return await self._exchange(
+                request, peer, msg, body, request_id, want_json, want_sse, {}
+            )
+        finally:
+            self.sessions.leave(peer)
+            session = peer.session
+            if session is not None and not session.calls and not peer.ended:
+                self.sessions.end(peer)
+
+    def _round_peer(self, params: msgspec.Raw) -> HttpPeer | None:
+        """The session waiting for this retry, when it names one's requestState."""
+        if b'"requestState"' not in bytes(params):
+            return None
+        try:
+            state = _RESUME.decode(params).requestState
+        except msgspec.DecodeError:
+            return None
+        owner = self.round_owner(state) if isinstance(state, str) else None
+        return self.sessions.get(owner) if owner is not None else None
 
     def _streams(self, method: str | None, token: bytes | None) -> bool:
         """Does this request get an SSE stream? (see the module's docstring)"""
@@ -316,6 +402,8 @@ class Streamable:
     # --- GET -------------------------------------------------------------------------
 
     async def get(self, request: web.Request) -> web.StreamResponse:
+        if _sessionless(request):
+            return _post_only()
         if not _accepts(request, explicit=True)[1]:
             return web.Response(status=406, text="GET /mcp needs Accept: text/event-stream\n")
         session_id = request.headers.get(SESSION_HEADER)
@@ -379,6 +467,8 @@ class Streamable:
     # --- DELETE ----------------------------------------------------------------------
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
+        if _sessionless(request):
+            return _post_only()
         session_id = request.headers.get(SESSION_HEADER)
         if session_id is None:
             return _rpc_error(400, -32600, f"{SESSION_HEADER} header required")
@@ -404,6 +494,17 @@ class Streamable:
                 + ", ".join(SUPPORTED_HANDSHAKE_VERSIONS),
             )
         return peer
+
+
+def _sessionless(request: web.Request) -> bool:
+    """A 2026-07-28 request: no session, and only POST (GET and DELETE are 405)."""
+    return SESSION_HEADER not in request.headers and (
+        request.headers.get(VERSION_HEADER) == MODERN_VERSION
+    )
+
+
+def _post_only() -> web.Response:
+    return web.Response(status=405, headers={"Allow": "POST"})
 
 
 def _accepts(request: web.Request, explicit: bool = False) -> tuple[bool, bool]:

@@ -23,6 +23,7 @@ import anyio
 import mcp
 import pytest
 
+from exai.errors import MODERN_VERSION
 from tests.conftest import ROOT, DaemonFactory, DaemonProcess, async_wait_for, base_env, scaled
 
 pytestmark = pytest.mark.timeout(60)
@@ -91,8 +92,10 @@ async def read_event(resp: aiohttp.ClientResponse) -> tuple[str | None, dict[str
 # --- the official clients --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_python_sdk_client(daemon_factory: DaemonFactory, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "version"), [("auto", MODERN_VERSION), ("legacy", "2025-11-25")])
+async def test_python_sdk_client(daemon_factory: DaemonFactory, mode: str, version: str) -> None:
+    """Default mode speaks 2026-07-28 (sessionless: no Mcp-Session-Id, every request a
+    POST of its own); legacy mode the 2025-11-25 session."""
     daemon = daemon_factory(workers=2)
     progress: list[float] = []
 
@@ -101,7 +104,7 @@ async def test_python_sdk_client(daemon_factory: DaemonFactory, mode: str) -> No
 
     async with aiohttp.ClientSession() as http:
         async with mcp.Client(mcp_url(daemon), mode=mode) as client:  # type: ignore[arg-type]
-            assert client.protocol_version == "2025-11-25"
+            assert client.protocol_version == version
             tools = {tool.name for tool in (await client.list_tools()).tools}
             assert {"echo", "sleep", "version"} <= tools
             echoed = await client.call_tool("echo", {"text": "over http"})
@@ -121,7 +124,8 @@ async def test_python_sdk_client(daemon_factory: DaemonFactory, mode: str) -> No
                 lambda: _zero(inflight(http, daemon)), 10, "the cancelled call to end"
             )
             async with http.get(f"http://127.0.0.1:{daemon.port}/health") as resp:
-                assert (await resp.json())["sessions"] == 1
+                # A sessionless client's exchanges each had a session of their own.
+                assert (await resp.json())["sessions"] == (0 if version == MODERN_VERSION else 1)
         # Leaving the client sent DELETE: the session is gone at once.
         async with http.get(f"http://127.0.0.1:{daemon.port}/health") as resp:
             assert (await resp.json())["sessions"] == 0
@@ -320,3 +324,51 @@ async def test_idle_session_expires(daemon_factory: DaemonFactory) -> None:
         await asyncio.sleep(scaled(2.5))
         async with http.post(url, json=ping, headers=headers) as resp:
             assert resp.status == 404
+
+
+def modern_request(rid: int, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A self-contained 2026-07-28 request: the envelope rides in `_meta`."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    }
+    return {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": method,
+        "params": {**(params or {}), "_meta": meta},
+    }
+
+
+async def test_sessionless_2026_requests(daemon_factory: DaemonFactory) -> None:
+    """2026-07-28 over HTTP: each POST stands alone (no Mcp-Session-Id, no session left
+    behind), Mcp-Method must match the body, GET and DELETE are 405."""
+    daemon = daemon_factory(workers=1)
+    url = mcp_url(daemon)
+    modern = {"Accept": ACCEPT_BOTH, "MCP-Protocol-Version": MODERN_VERSION}
+    async with aiohttp.ClientSession() as http:
+        call = modern_request(1, "tools/call", {"name": "echo", "arguments": {"text": "alone"}})
+        async with http.post(url, json=call, headers=modern | {"Mcp-Method": "tools/call"}) as resp:
+            assert resp.status == 200
+            assert "Mcp-Session-Id" not in resp.headers
+            if resp.content_type == "text/event-stream":
+                _, answer = await read_event(resp)
+            else:
+                answer = await resp.json()
+        assert answer["id"] == 1 and answer["result"]["content"][0]["text"] == "alone", answer
+        assert answer["result"]["resultType"] == "complete", answer
+        discover = modern_request(2, "server/discover")
+        async with http.post(
+            url, json=discover, headers=modern | {"Mcp-Method": "tools/list"}
+        ) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == -32020
+        async with http.post(url, json=discover, headers=modern) as resp:
+            assert resp.status == 400  # no Mcp-Method at all
+        for method in (http.get, http.delete):
+            async with method(url, headers=modern) as resp:
+                assert resp.status == 405 and resp.headers["Allow"] == "POST"
+        async with http.get(f"http://127.0.0.1:{daemon.port}/health") as resp:
+            health = await resp.json()
+        assert health["sessions"] == 0 and health["inflight"]["global"] == 0, health

@@ -879,6 +879,40 @@ async def test_python_sdk_client(
     assert not callbacks.inbox.find("exception"), callbacks.inbox.seen
 
 
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_python_sdk_client_over_streamable_http(
+    daemon_factory: DaemonFactory, mode: Literal["auto", "legacy"]
+) -> None:
+    """`mcp.Client` pointed at the daemon's /mcp, no shim: every feature of the hosted
+    server, on 2026-07-28 sessionless HTTP (auto) and on a 2025-11-25 HTTP session."""
+    daemon = full_daemon(daemon_factory, "shared")
+    callbacks = Callbacks()
+    client = mcp.Client(
+        f"http://127.0.0.1:{daemon.port}/mcp",
+        mode=mode,
+        read_timeout_seconds=scaled(STEP_S),
+        sampling_callback=callbacks.sampling,
+        elicitation_callback=callbacks.elicitation,
+        list_roots_callback=callbacks.roots,
+        logging_callback=callbacks.logging,
+        message_handler=callbacks.messages,
+    )
+    async with client:
+        version = client.protocol_version
+        steps = await run_sequence(
+            SdkAdapter(client), callbacks, asking=False, dynamic=f"dyn_http_{mode}"
+        )
+    assert version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
+    assert_steps(
+        f"mcp.Client(url, mode={mode!r}) on {version}",
+        steps,
+        False,
+        f"dyn_http_{mode}",
+        version=version,
+    )
+    assert not callbacks.inbox.find("exception"), callbacks.inbox.seen
+
+
 # --- fastmcp ---------------------------------------------------------------------
 
 
