@@ -156,7 +156,7 @@ PAGE = """<!doctype html>
 <html><head><title>probe</title></head><body><pre id="result"></pre>
 <script>
 const out = {events: [], origin: location.origin};
-let pending = 3;
+let pending = 4;
 function finish() {
   if (--pending === 0) document.getElementById("result").textContent = JSON.stringify(out);
 }
@@ -174,6 +174,14 @@ for (const path of ["/health", "/metrics"]) {
           (e) => { out[path] = "blocked " + e.name; })
     .finally(finish);
 }
+// A "simple" cross-origin POST (no preflight): the browser sends it, and only the
+// daemon's Origin check stops an initialize from opening a session.
+const init = {jsonrpc: "2.0", id: 1, method: "initialize", params: {protocolVersion: "2025-11-25",
+  capabilities: {}, clientInfo: {name: "page", version: "1"}}};
+fetch("http://127.0.0.1:DAEMON_PORT/mcp", {method: "POST", mode: "no-cors", cache: "no-store",
+  headers: {"Content-Type": "text/plain"}, body: JSON.stringify(init)})
+  .then((r) => { out["/mcp"] = "sent " + r.type; }, (e) => { out["/mcp"] = "blocked " + e.name; })
+  .finally(finish);
 </script></body></html>
 """
 
@@ -211,7 +219,8 @@ async def test_browser_page_cannot_reach_the_daemon(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     """Chromium on another loopback origin: the WebSocket fails (403 in the daemon log),
-    /health and /metrics cannot be read, and a shim meanwhile works. The same page from
+    /health and /metrics cannot be read, a POST to /mcp is refused before it opens a
+    session, and a shim meanwhile works. The same page from
     an origin listed in EXAI_WS_ALLOWED_ORIGINS opens the WebSocket (the control)."""
     require_chromium()
     holder: dict[str, int] = {}
@@ -245,6 +254,8 @@ async def test_browser_page_cannot_reach_the_daemon(
     logs = daemon_logs(daemon)
     assert f"refused GET /health {origin_line}" in logs
     assert f"refused GET /metrics {origin_line}" in logs
+    assert f"refused POST /mcp {origin_line}" in logs
+    assert "HTTP session" not in logs, "a browser page on another origin opened an HTTP session"
 
     # The control: the harness can open a WebSocket when the origin is allowed.
     assert allowed["events"][:2] == ["open", "message"], allowed
