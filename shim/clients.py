@@ -33,6 +33,35 @@ No entry depends on the directory the client starts it in: `claude mcp add-json`
 `cwd`, and clients start servers in whatever project is open. The command is this
 virtual environment's interpreter by absolute path and, when `shim` is importable only
 from the source tree (not installed), PYTHONPATH names that tree.
+
+`--transport http` gives instead each client's own Streamable HTTP entry, aimed at the
+daemon's endpoint U = `http://EXAI_WS_HOST:EXAI_WS_PORT/mcp` (nothing is started, so no
+interpreter and no autostart). A is the header `Authorization: Bearer …`, there only
+when EXAI_WS_TOKEN is set; the last column says how the token gets into it:
+
+| client        | HTTP shape                                       | the token                |
+|---------------|--------------------------------------------------|--------------------------|
+| `vscode`      | `servers.N = {type: http, url: U, headers: A}`   | written into the file    |
+| `augment`     | refused: its settings start stdio servers only   |                          |
+| `auggie`      | `mcpServers.N = {type: http, url: U, headers: A}`| written into the file    |
+| `claude`      | refused: the file starts stdio servers only      |                          |
+| `cursor`      | `mcpServers.N = {url: U, headers: A}`            | `${env:EXAI_WS_TOKEN}`   |
+| `claude-code` | `mcpServers.N = {type: http, url: U, headers: A}`| `${EXAI_WS_TOKEN}`       |
+| `gemini`      | `mcpServers.N = {httpUrl: U, headers: A}`        | `${EXAI_WS_TOKEN}`       |
+| `codex`       | `[mcp_servers.N] url = U`                        | `bearer_token_env_var =` |
+|               |                                                  | `"EXAI_WS_TOKEN"`        |
+| `windsurf`    | `mcpServers.N = {serverUrl: U, headers: A}`      | `${env:EXAI_WS_TOKEN}`   |
+| `zed`         | `context_servers.N = {url: U, headers: A}`       | written into the file    |
+| `cline`       | `mcpServers.N = {type: streamableHttp, url: U,`  | written into the file    |
+|               | `headers: A, disabled: false, autoApprove: []}`  |                          |
+| `continue`    | `mcpServers: [{name: N, type: streamable-http,`  | written into the file    |
+|               | `url: U, requestOptions: {headers: A}}]`         |                          |
+
+A client given a reference (`${…}`, or Codex's variable name) reads the token from
+EXAI_WS_TOKEN in its own environment each time it connects, so the secret stays out of
+its config file; it must then be set wherever that client is started. `claude-code`
+prints `claude mcp add --transport http --scope user N U --header A`, quoted so the
+shell leaves the reference for Claude Code to expand.
 """
 
 from __future__ import annotations
@@ -49,10 +78,21 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIENTS", "build_config", "config_main", "default_path", "merge_config", "render"]
+__all__ = [
+    "CLIENTS",
+    "HTTP_REFUSED",
+    "build_config",
+    "build_http_config",
+    "config_main",
+    "daemon_url",
+    "default_path",
+    "merge_config",
+    "render",
+]
 
 CLIENTS = (
     "vscode",
@@ -89,11 +129,8 @@ def _entry(python: str, env: Mapping[str, str]) -> dict[str, Any]:
     return {"command": python, "args": ["-m", "shim"], "env": dict(env)}
 
 
-def build_config(client: str, name: str, python: str, env: Mapping[str, str]) -> dict[str, Any]:
-    """The block `client` expects (as plain data), containing one server called `name`."""
-    entry = _entry(python, env)
-    if client in ("vscode", "claude-code"):
-        entry = {"type": "stdio", **entry}
+def _wrap(client: str, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """The block `client` expects around one server entry (stdio or HTTP) called `name`."""
     if client == "vscode":
         return {"servers": {name: entry}}
     if client == "augment":
@@ -116,6 +153,92 @@ def build_config(client: str, name: str, python: str, env: Mapping[str, str]) ->
     raise ValueError(f"unknown client {client!r}; expected one of {', '.join(CLIENTS)}")
 
 
+def build_config(client: str, name: str, python: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The block `client` expects (as plain data), containing one server called `name`."""
+    entry = _entry(python, env)
+    if client in ("vscode", "claude-code"):
+        entry = {"type": "stdio", **entry}
+    return _wrap(client, name, entry)
+
+
+# --- Streamable HTTP entries -------------------------------------------------------------
+
+TOKEN_VAR = "EXAI_WS_TOKEN"
+# The daemon serves Streamable HTTP here (broker.web.streamable.STREAMABLE_PATH); the
+# shim never imports the broker, so the path is repeated rather than imported.
+_MCP_PATH = "/mcp"
+
+HTTP_REFUSED = {
+    "claude": "Claude Desktop's config file starts stdio servers only (remote servers are "
+    "added in the app, as connectors)",
+    "augment": "Augment's VS Code settings (augment.advanced.mcpServers) start stdio servers only",
+}
+
+
+@dataclass(frozen=True)
+class _HttpShape:
+    """How one client spells a Streamable HTTP server entry."""
+
+    url_key: str = "url"
+    fields: Mapping[str, str] = field(default_factory=dict)
+    # Where the Authorization header goes inside the entry.
+    headers_at: tuple[str, ...] = ("headers",)
+    # The client's own reference to an environment variable, expanded when it connects;
+    # None where it has none documented, and the token itself is written instead.
+    env_ref: str | None = None
+    # A key naming the variable the client takes a bearer token from (instead of a header).
+    token_var_key: str | None = None
+
+
+_HTTP_SHAPES = {
+    "vscode": _HttpShape(fields={"type": "http"}),
+    "auggie": _HttpShape(fields={"type": "http"}),
+    "cursor": _HttpShape(env_ref=f"${{env:{TOKEN_VAR}}}"),
+    "claude-code": _HttpShape(fields={"type": "http"}, env_ref=f"${{{TOKEN_VAR}}}"),
+    "gemini": _HttpShape(url_key="httpUrl", env_ref=f"${{{TOKEN_VAR}}}"),
+    "codex": _HttpShape(token_var_key="bearer_token_env_var"),
+    "windsurf": _HttpShape(url_key="serverUrl", env_ref=f"${{env:{TOKEN_VAR}}}"),
+    "zed": _HttpShape(),
+    "cline": _HttpShape(fields={"type": "streamableHttp"}),
+    "continue": _HttpShape(
+        fields={"type": "streamable-http"}, headers_at=("requestOptions", "headers")
+    ),
+}
+
+
+def reads_token_from_environment(client: str) -> bool:
+    """Does `client`'s HTTP entry name EXAI_WS_TOKEN rather than hold the token?"""
+    shape = _HTTP_SHAPES.get(client)
+    return shape is not None and (shape.env_ref is not None or shape.token_var_key is not None)
+
+
+def daemon_url(host: str, port: str) -> str:
+    """The daemon's Streamable HTTP endpoint at `host`:`port`."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    return f"http://{host}:{port}{_MCP_PATH}"
+
+
+def build_http_config(client: str, name: str, url: str, token: str | None) -> dict[str, Any]:
+    """The block `client` expects with one Streamable HTTP server `name` at `url`, sending
+    `token` as a bearer token when given (by reference, for clients that can read it
+    from the environment)."""
+    if client in HTTP_REFUSED:
+        raise ValueError(f"{HTTP_REFUSED[client]}; use the stdio shim for {client}")
+    shape = _HTTP_SHAPES.get(client)
+    if shape is None:
+        raise ValueError(f"unknown client {client!r}; expected one of {', '.join(CLIENTS)}")
+    entry: dict[str, Any] = {**shape.fields, shape.url_key: url}
+    if token and shape.token_var_key is not None:
+        entry[shape.token_var_key] = TOKEN_VAR
+    elif token:
+        nested: dict[str, Any] = {"Authorization": f"Bearer {shape.env_ref or token}"}
+        for key in reversed(shape.headers_at):
+            nested = {key: nested}
+        entry.update(nested)
+    return _wrap(client, name, entry)
+
+
 def render(client: str, block: dict[str, Any]) -> str:
     """What `python -m shim config` prints for `client`: its block in its file's format."""
     if client == "codex":
@@ -124,6 +247,12 @@ def render(client: str, block: dict[str, Any]) -> str:
         return dump_yaml(block)
     if client == "claude-code":
         ((name, entry),) = block["mcpServers"].items()
+        if entry.get("type") == "http":
+            argv = ["claude", "mcp", "add", "--transport", "http", "--scope", "user"]
+            argv += [name, entry["url"]]
+            for header, value in entry.get("headers", {}).items():
+                argv += ["--header", f"{header}: {value}"]
+            return shlex.join(argv) + "\n"
         spec = json.dumps(entry, separators=(",", ":"))
         return shlex.join(["claude", "mcp", "add-json", "--scope", "user", name, spec]) + "\n"
     return json.dumps(block, indent=2) + "\n"
@@ -483,6 +612,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--client", required=True, choices=CLIENTS)
     parser.add_argument("--name", default="exai", help="server name in the client (exai)")
     parser.add_argument(
+        "--transport",
+        choices=("stdio", "http"),
+        default="stdio",
+        help="stdio: the client starts this shim (default); http: the client connects "
+        "to the running daemon's Streamable HTTP endpoint itself",
+    )
+    parser.add_argument(
         "--write",
         metavar="PATH",
         nargs="?",
@@ -494,13 +630,12 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="let the shim start the daemon when none runs (EXAI_SHIM_AUTOSTART=1); "
-        "off unless given or set in the environment",
+        "off unless given or set in the environment; stdio only",
     )
     return parser
 
 
-def config_main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    args = _parser().parse_args(argv)
+def _stdio_block(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
     env = {k: environ[k] for k in _ENV_KEYS if environ.get(k)}
     env.setdefault("EXAI_WS_HOST", "127.0.0.1")
     env.setdefault("EXAI_WS_PORT", "8765")
@@ -515,7 +650,51 @@ def config_main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     python = os.path.abspath(sys.executable)
     if shim_needs_pythonpath(python, environ):
         env["PYTHONPATH"] = str(ROOT)
-    block = build_config(args.client, args.name, python, env)
+    return build_config(args.client, args.name, python, env)
+
+
+def _http_block(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    url = daemon_url(
+        environ.get("EXAI_WS_HOST") or "127.0.0.1", environ.get("EXAI_WS_PORT") or "8765"
+    )
+    token = environ.get(TOKEN_VAR) or None
+    if token and reads_token_from_environment(args.client):
+        # The entry only names the variable: without it where the client runs, the
+        # daemon answers 401 and the client shows the server as failed.
+        print(
+            f"exai-shim: {args.client} reads the token from {TOKEN_VAR} when it connects; "
+            "set it in the environment the client starts in",
+            file=sys.stderr,
+        )
+    elif token:
+        print(
+            f"exai-shim: the {args.client} entry holds the token itself; keep that file private",
+            file=sys.stderr,
+        )
+    return build_http_config(args.client, args.name, url, token)
+
+
+def config_main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.transport == "http":
+        if args.autostart:
+            print(
+                "exai-shim: --autostart is for the stdio shim; a client on --transport http "
+                "connects to a daemon that is already running",
+                file=sys.stderr,
+            )
+            return 2
+        if args.client in HTTP_REFUSED:
+            print(
+                f"exai-shim: {HTTP_REFUSED[args.client]}, so --transport http cannot work "
+                f"for {args.client}; use the stdio shim: "
+                f"python -m shim config --client {args.client}",
+                file=sys.stderr,
+            )
+            return 2
+        block = _http_block(args, environ)
+    else:
+        block = _stdio_block(args, environ)
     if args.write is None:
         sys.stdout.write(render(args.client, block))
         return 0

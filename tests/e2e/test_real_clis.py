@@ -1,5 +1,6 @@
 """The real Claude Code, Gemini and Auggie CLIs, configured by `python -m shim config`,
-see the shim connected to a live daemon.
+see the shim connected to a live daemon; and Claude Code and Gemini, configured with
+`--transport http`, see the daemon's Streamable HTTP endpoint connected, with a token.
 
 These CLIs phone home, so each check runs in a network namespace with only loopback
 (`unshare -n`), daemon included (a namespace has its own loopback). The outer test
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shlex
 import shutil
 import socket
@@ -32,6 +34,8 @@ PACKAGES = {
     "gemini": "@google/gemini-cli",
     "auggie": "@augmentcode/auggie",
 }
+# Each case names its CLI first; "-http" configures it with --transport http.
+CASES = [*PACKAGES, "claude-http", "gemini-http"]
 INSIDE = "EXAI_REAL_CLIS_INSIDE_NETNS"
 STEP_S = 120.0
 
@@ -66,7 +70,7 @@ def _netns_available() -> bool:
 
 
 @pytest.mark.skipif(os.environ.get(INSIDE) == "1", reason="runs the namespaced test itself")
-@pytest.mark.parametrize("cli", list(PACKAGES))
+@pytest.mark.parametrize("cli", CASES)
 def test_real_cli_sees_the_shim_connected(cli: str, tmp_path: Path) -> None:
     """Inside a loopback-only network namespace, `cli` configured by our generated
     config reports our server connected (or lists its tools)."""
@@ -112,7 +116,7 @@ def _cli_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _run(argv: list[str], cwd: Path, env: dict[str, str]) -> str:
+def _run(argv: list[str], cwd: Path, env: dict[str, str], *, stdout_only: bool = False) -> str:
     done = subprocess.run(
         argv,
         cwd=cwd,
@@ -125,13 +129,16 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str]) -> str:
     )
     out = done.stdout + done.stderr
     assert done.returncode == 0, f"{shlex.join(argv)} exited {done.returncode}:\n{out}"
-    return out
+    return done.stdout if stdout_only else out
 
 
 @pytest.mark.skipif(os.environ.get(INSIDE) != "1", reason="run by the namespaced test only")
-@pytest.mark.parametrize("cli", list(PACKAGES))
+@pytest.mark.parametrize("cli", CASES)
 def test_inside_the_namespace(cli: str, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
     assert [name for _, name in socket.if_nameindex()] == ["lo"], "not network-isolated"
+    if cli.endswith("-http"):
+        _check_http(cli.removesuffix("-http"), daemon_factory, tmp_path)
+        return
     daemon = daemon_factory(workers=1)
     home = tmp_path / "home"
     project = tmp_path / "project"
@@ -169,3 +176,56 @@ def test_inside_the_namespace(cli: str, daemon_factory: DaemonFactory, tmp_path:
         )
         for tool in ("version", "listmodels", "echo"):
             assert re.search(rf"^\s*\S+ \S*{tool}\S*\s+enabled$", out, re.M), out
+
+
+def _check_http(cli: str, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """`cli` configured with --transport http against a daemon that requires a token:
+    the entry carries only a reference to EXAI_WS_TOKEN, which the CLI must expand from
+    its own environment for the daemon to let it in."""
+    token = secrets.token_urlsafe(16)
+    # DEBUG, so a failure shows what the daemon made of each request.
+    daemon = daemon_factory(workers=1, env={"EXAI_WS_TOKEN": token, "EXAI_LOG_LEVEL": "DEBUG"})
+    home = tmp_path / "home"
+    project = tmp_path / "project"
+    project.mkdir(parents=True)
+    home.mkdir()
+    env = _cli_env(
+        home, EXAI_WS_HOST="127.0.0.1", EXAI_WS_PORT=str(daemon.port), EXAI_WS_TOKEN=token
+    )
+    config = [sys.executable, "-m", "shim", "config", "--transport", "http", "--client"]
+    url = re.escape(f"http://127.0.0.1:{daemon.port}/mcp")
+
+    def daemon_log() -> str:
+        return "\n--- daemon log ---\n" + daemon.stderr()[-20000:]
+
+    if cli == "claude":
+        # Project servers wait for the user's approval; this throwaway user gives it.
+        settings = home / ".claude" / "settings.json"
+        settings.parent.mkdir(parents=True)
+        settings.write_text('{"enableAllProjectMcpServers": true}\n')
+        # stdout only: stderr carries a note on where the token comes from.
+        line = _run([*config, "claude-code"], project, env, stdout_only=True)
+        argv = shlex.split(line)
+        assert argv[:5] == ["claude", "mcp", "add", "--transport", "http"], line
+        assert token not in line and "${EXAI_WS_TOKEN}" in line
+        _run([str(BIN / "claude"), *argv[1:]], project, env)
+        # The same entry without the header must be turned away: the header is what
+        # lets the other two in, not a daemon that ignores the token.
+        no_token = {k: v for k, v in env.items() if k != "EXAI_WS_TOKEN"}
+        line = _run(
+            [*config, "claude-code", "--name", "exai-no-token"], project, no_token, stdout_only=True
+        )
+        _run([str(BIN / "claude"), *shlex.split(line)[1:]], project, env)
+        _run([*config, "claude-code", "--name", "exai-project", "--write"], project, env)
+        assert token not in (project / ".mcp.json").read_text()
+        out = _run([str(BIN / "claude"), "mcp", "list"], project, env)
+        for name in ("exai", "exai-project"):
+            pattern = rf"^{name}: {url} \(HTTP\) - .*Connected"
+            assert re.search(pattern, out, re.M), out + daemon_log()
+        assert re.search(r"^exai-no-token: .* - .*Failed", out, re.M), out + daemon_log()
+    else:
+        _run([*config, "gemini", "--write"], project, env)
+        settings_text = (home / ".gemini" / "settings.json").read_text()
+        assert token not in settings_text and "httpUrl" in settings_text
+        out = _run([str(BIN / "gemini"), "mcp", "list"], project, env)
+        assert re.search(rf"exai: {url} \(http\) - Connected", out), out + daemon_log()

@@ -25,7 +25,16 @@ from typing import Any
 import pytest
 
 import shim.clients
-from shim.clients import CLIENTS, build_config, config_main, default_path, merge_config
+from shim.clients import (
+    CLIENTS,
+    HTTP_REFUSED,
+    build_config,
+    build_http_config,
+    config_main,
+    daemon_url,
+    default_path,
+    merge_config,
+)
 
 yaml = pytest.importorskip("yaml")
 REAL_PROBE = shim.clients.shim_needs_pythonpath
@@ -48,6 +57,8 @@ def parse(client: str, text: str) -> dict[str, Any]:
     if client == "continue":
         loaded: dict[str, Any] = yaml.safe_load(text)
         return loaded
+    if client == "claude-code" and text.startswith("claude mcp add "):
+        return {"mcpServers": dict([claude_mcp_add(shlex.split(text))])}
     if client == "claude-code" and text.startswith("claude "):
         argv = shlex.split(text)
         assert argv[:5] == ["claude", "mcp", "add-json", "--scope", "user"], argv
@@ -57,11 +68,28 @@ def parse(client: str, text: str) -> dict[str, Any]:
     return parsed
 
 
+def claude_mcp_add(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    """The server a `claude mcp add --transport http` line adds, as it lands in Claude
+    Code's config: `--header "K: V"` options become the headers table."""
+    assert argv[:7] == ["claude", "mcp", "add", "--transport", "http", "--scope", "user"], argv
+    name, url, *rest = argv[7:]
+    entry: dict[str, Any] = {"type": "http", "url": url}
+    assert len(rest) % 2 == 0 and rest[::2] == ["--header"] * (len(rest) // 2), rest
+    for header in rest[1::2]:
+        key, value = header.split(": ", 1)
+        entry.setdefault("headers", {})[key] = value
+    return name, entry
+
+
 def printed_block(
-    client: str, capsys: pytest.CaptureFixture[str], environ: dict[str, str] | None = None
+    client: str,
+    capsys: pytest.CaptureFixture[str],
+    environ: dict[str, str] | None = None,
+    *extra: str,
 ) -> dict[str, Any]:
     """What `python -m shim config --client <client>` prints, parsed."""
-    assert config_main(["--client", client], environ if environ is not None else ENVIRON) == 0
+    argv = ["--client", client, *extra]
+    assert config_main(argv, environ if environ is not None else ENVIRON) == 0
     return parse(client, capsys.readouterr().out)
 
 
@@ -106,10 +134,11 @@ SHAPES: dict[str, Any] = {
 
 
 def with_entry(shape: Any, entry: dict[str, Any]) -> Any:
-    """`shape` with each {"$": 0} placeholder replaced by the entry's fields."""
+    """`shape` with each {"$": 0} placeholder replaced by the entry's fields (which win
+    over the shape's own: an HTTP entry brings its own `type`)."""
     if isinstance(shape, dict):
         out = {k: with_entry(v, entry) for k, v in shape.items() if k != "$"}
-        return {**entry, **out} if "$" in shape else out
+        return {**out, **entry} if "$" in shape else out
     if isinstance(shape, list):
         return [with_entry(v, entry) for v in shape]
     return shape
@@ -593,3 +622,279 @@ def test_the_probe_sees_this_installed_shim_from_another_directory() -> None:
     an interpreter that cannot import it at all needs one."""
     assert REAL_PROBE(sys.executable, dict(os.environ)) is False
     assert REAL_PROBE("/nonexistent/python", dict(os.environ)) is True
+
+
+# --- --transport http --------------------------------------------------------------------
+
+HTTP_CLIENTS = [c for c in CLIENTS if c not in HTTP_REFUSED]
+URL = "http://127.0.0.1:8799/mcp"
+TOKEN = "s3cret-t0k"
+BEARER = f"Bearer {TOKEN}"
+# Each client's documented Streamable HTTP entry: without a token, and what a token adds
+# (the token itself, or the client's reference to EXAI_WS_TOKEN where it can read one).
+HTTP_SHAPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "vscode": ({"type": "http", "url": URL}, {"headers": {"Authorization": BEARER}}),
+    "auggie": ({"type": "http", "url": URL}, {"headers": {"Authorization": BEARER}}),
+    "cursor": (
+        {"url": URL},
+        {"headers": {"Authorization": "Bearer ${env:EXAI_WS_TOKEN}"}},
+    ),
+    "claude-code": (
+        {"type": "http", "url": URL},
+        {"headers": {"Authorization": "Bearer ${EXAI_WS_TOKEN}"}},
+    ),
+    "gemini": ({"httpUrl": URL}, {"headers": {"Authorization": "Bearer ${EXAI_WS_TOKEN}"}}),
+    "codex": ({"url": URL}, {"bearer_token_env_var": "EXAI_WS_TOKEN"}),
+    "windsurf": (
+        {"serverUrl": URL},
+        {"headers": {"Authorization": "Bearer ${env:EXAI_WS_TOKEN}"}},
+    ),
+    "zed": ({"url": URL}, {"headers": {"Authorization": BEARER}}),
+    "cline": ({"type": "streamableHttp", "url": URL}, {"headers": {"Authorization": BEARER}}),
+    "continue": (
+        {"type": "streamable-http", "url": URL},
+        {"requestOptions": {"headers": {"Authorization": BEARER}}},
+    ),
+}
+READS_THE_ENVIRONMENT = {"cursor", "claude-code", "gemini", "codex", "windsurf"}
+HTTP_ENVIRON = {**ENVIRON, "EXAI_WS_TOKEN": TOKEN}
+
+
+def test_every_client_has_an_http_shape_or_a_refusal() -> None:
+    assert set(HTTP_SHAPES) | set(HTTP_REFUSED) == set(CLIENTS)
+    assert not set(HTTP_SHAPES) & set(HTTP_REFUSED)
+    assert set(HTTP_REFUSED) == {"claude", "augment"}
+
+
+@pytest.mark.parametrize("with_token", [False, True], ids=["no-token", "token"])
+@pytest.mark.parametrize("client", HTTP_CLIENTS)
+def test_build_http_config_has_each_clients_shape(client: str, with_token: bool) -> None:
+    """Each client's documented Streamable HTTP entry, in the same surrounding block as
+    its stdio entry (Cline's switches included); a token adds only the Authorization
+    header (or Codex's variable name), nothing at all without one."""
+    base, token_part = HTTP_SHAPES[client]
+    expected = {**base, **token_part} if with_token else base
+    block = build_http_config(client, "srv", URL, TOKEN if with_token else None)
+    assert block == with_entry(SHAPES[client], expected)
+    assert "command" not in json.dumps(block) and "EXAI_SHIM" not in json.dumps(block)
+
+
+@pytest.mark.parametrize("with_token", [False, True], ids=["no-token", "token"])
+@pytest.mark.parametrize("client", HTTP_CLIENTS)
+def test_printed_http_text_parses_back_to_the_block(
+    client: str, with_token: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--transport http` prints the block in the client's own format; for Claude Code a
+    `claude mcp add --transport http` line that a shell splits into the same entry."""
+    environ = HTTP_ENVIRON if with_token else ENVIRON
+    block = build_http_config(client, "exai", URL, TOKEN if with_token else None)
+    assert printed_block(client, capsys, environ, "--transport", "http") == block
+
+
+@pytest.mark.parametrize("client", HTTP_CLIENTS)
+def test_the_token_is_written_only_for_clients_that_cannot_read_it(
+    client: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Clients that expand an environment variable get a reference to EXAI_WS_TOKEN and
+    never the secret; the others get the secret itself. stderr says which it is."""
+    assert config_main(["--client", client, "--transport", "http"], HTTP_ENVIRON) == 0
+    out, err = capsys.readouterr()
+    if client in READS_THE_ENVIRONMENT:
+        assert TOKEN not in out and "EXAI_WS_TOKEN" in out
+        assert "reads the token from EXAI_WS_TOKEN" in err
+    else:
+        assert BEARER in out and "EXAI_WS_TOKEN" not in out
+        assert "holds the token itself" in err
+
+
+@pytest.mark.parametrize(
+    "environ", [ENVIRON, {**ENVIRON, "EXAI_WS_TOKEN": ""}], ids=["unset", "empty"]
+)
+def test_no_token_means_no_header_and_no_note(
+    environ: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for client in HTTP_CLIENTS:
+        assert config_main(["--client", client, "--transport", "http"], environ) == 0
+        out, err = capsys.readouterr()
+        assert "Authorization" not in out and "bearer" not in out.lower() and err == ""
+
+
+def test_claude_code_http_line_leaves_the_reference_to_claude(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The printed line is quoted so the shell passes `${EXAI_WS_TOKEN}` through for
+    Claude Code to expand (it does so in user scope too), rather than pasting the secret
+    into ~/.claude.json; the header option comes after the name and URL."""
+    assert config_main(["--client", "claude-code", "--transport", "http"], HTTP_ENVIRON) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        "claude mcp add --transport http --scope user exai http://127.0.0.1:8799/mcp "
+        "--header 'Authorization: Bearer ${EXAI_WS_TOKEN}'\n"
+    )
+    assert config_main(["--client", "claude-code", "--transport", "http"], ENVIRON) == 0
+    assert capsys.readouterr().out == (
+        "claude mcp add --transport http --scope user exai http://127.0.0.1:8799/mcp\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("environ", "url"),
+    [
+        pytest.param({}, "http://127.0.0.1:8765/mcp", id="defaults"),
+        pytest.param(
+            {"EXAI_WS_HOST": "localhost", "EXAI_WS_PORT": "9001"},
+            "http://localhost:9001/mcp",
+            id="host-port",
+        ),
+        pytest.param({"EXAI_WS_HOST": "::1"}, "http://[::1]:8765/mcp", id="ipv6"),
+        pytest.param({"EXAI_WS_HOST": "[::1]"}, "http://[::1]:8765/mcp", id="ipv6-bracketed"),
+    ],
+)
+def test_http_url_comes_from_the_same_variables_as_the_stdio_entry(
+    environ: dict[str, str], url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entry = our_entry("zed", printed_block("zed", capsys, environ, "--transport", "http"))
+    assert entry == {"url": url}
+    host, port = environ.get("EXAI_WS_HOST", "127.0.0.1"), environ.get("EXAI_WS_PORT", "8765")
+    assert daemon_url(host, port) == url
+
+
+def test_http_entries_need_no_python_and_ignore_shim_settings(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is started: no interpreter, no probe for PYTHONPATH, and the shim's own
+    settings (autostart, RPC timeout) from the environment stay out of the entry."""
+
+    def no_probe(*_: object) -> bool:
+        raise AssertionError("the PYTHONPATH probe ran for an HTTP entry")
+
+    monkeypatch.setattr(shim.clients, "shim_needs_pythonpath", no_probe)
+    environ = {**ENVIRON, "EXAI_SHIM_AUTOSTART": "1", "EXAI_SHIM_RPC_TIMEOUT": "5"}
+    for extra in ((), ("--no-autostart",)):
+        block = printed_block("gemini", capsys, environ, "--transport", "http", *extra)
+        assert our_entry("gemini", block) == {"httpUrl": URL}
+
+
+def test_autostart_with_http_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "settings.json"
+    argv = ["--client", "gemini", "--transport", "http", "--autostart", "--write", str(target)]
+    assert config_main(argv, ENVIRON) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--autostart" in err and "stdio" in err
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("client", sorted(HTTP_REFUSED))
+def test_clients_without_http_are_refused_and_pointed_at_the_stdio_shim(
+    client: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Claude Desktop's file and Augment's VS Code settings cannot name a Streamable
+    HTTP server: --transport http exits 2 saying so and how to use the stdio shim, and
+    --write leaves an existing file and its folder untouched."""
+    assert config_main(["--client", client, "--transport", "http"], ENVIRON) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("exai-shim: ") and "stdio" in err
+    assert f"python -m shim config --client {client}" in err
+    target = tmp_path / "config.json"
+    target.write_text('{"mcpServers": {}}\n')
+    assert (
+        config_main(["--client", client, "--transport", "http", "--write", str(target)], ENVIRON)
+        == 2
+    )
+    assert target.read_text() == '{"mcpServers": {}}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+    with pytest.raises(ValueError, match="stdio"):
+        build_http_config(client, "exai", URL, None)
+
+
+def test_build_http_config_refuses_an_unknown_client() -> None:
+    with pytest.raises(ValueError, match="unknown client 'emacs'"):
+        build_http_config("emacs", "exai", URL, None)
+
+
+def test_transport_must_be_stdio_or_http(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        config_main(["--client", "zed", "--transport", "ws"], ENVIRON)
+    assert exc.value.code == 2
+    assert "--transport" in capsys.readouterr().err
+
+
+HTTP_FIXTURES = {
+    "vscode": "vscode_mcp.json",
+    "auggie": "auggie_settings.json",
+    "cursor": "cursor_mcp.json",
+}
+
+
+def http_original_text(client: str) -> str:
+    if client in HTTP_FIXTURES:
+        return (FIXTURES / HTTP_FIXTURES[client]).read_text()
+    return original_text(client)
+
+
+@pytest.mark.parametrize("with_token", [False, True], ids=["no-token", "token"])
+@pytest.mark.parametrize("client", HTTP_CLIENTS)
+def test_http_write_merges_like_stdio(
+    client: str, with_token: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--transport http --write into each client's real-shaped file keeps every other
+    entry and setting, replaces our old (stdio) entry entirely, leaves a backup that is
+    the original byte for byte, and a second run changes nothing."""
+    environ = HTTP_ENVIRON if with_token else ENVIRON
+    entry = our_entry(client, printed_block(client, capsys, environ, "--transport", "http"))
+    target = tmp_path / "config"
+    target.write_text(http_original_text(client))
+    original = parse(client, http_original_text(client))
+
+    argv = ["--client", client, "--transport", "http", "--write", str(target)]
+    assert config_main(argv, environ) == 0
+    match = re.fullmatch(r"wrote .+ \(backup: (.+)\)\n", capsys.readouterr().out)
+    assert match is not None
+    assert Path(match.group(1)).read_text() == http_original_text(client)
+
+    merged = parse(client, target.read_text())
+    assert our_entry(client, merged) == entry
+    assert "command" not in our_entry(client, merged)  # nothing of the stdio entry is left
+    if client == "continue":
+        assert [s["name"] for s in merged["mcpServers"]] == ["memory", "exai"]
+        assert merged["mcpServers"][0] == original["mcpServers"][0]
+        assert merged["name"] == "My servers"
+    else:
+        expected = copy.deepcopy(original)
+        key = {"vscode": "servers", "zed": "context_servers", "codex": "mcp_servers"}
+        expected.setdefault(key.get(client, "mcpServers"), {})["exai"] = entry
+        assert merged == expected
+    if client == "codex":
+        assert "# keep this comment" in target.read_text()
+    if client in READS_THE_ENVIRONMENT:
+        assert TOKEN not in target.read_text()
+    once = target.read_text()
+    assert config_main(argv, environ) == 0
+    assert target.read_text() == once
+
+
+@pytest.mark.parametrize("client", HTTP_CLIENTS)
+def test_http_write_without_a_path_uses_the_clients_usual_file(
+    client: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    environ = {**ENVIRON, "HOME": str(tmp_path / "home")}
+    assert config_main(["--client", client, "--transport", "http", "--write"], environ) == 0
+    target = default_path(client, "exai", environ)
+    assert target is not None
+    where = tmp_path / target if not target.is_absolute() else target
+    entry = our_entry(client, parse(client, where.read_text()))
+    assert URL in entry.values()
+
+
+def test_switching_back_to_stdio_replaces_the_http_entry(tmp_path: Path) -> None:
+    """The same server name moves between transports without leftovers either way."""
+    target = tmp_path / "settings.json"
+    argv = ["--client", "gemini", "--write", str(target)]
+    assert config_main([*argv, "--transport", "http"], HTTP_ENVIRON) == 0
+    assert config_main(argv, ENVIRON) == 0
+    entry = our_entry("gemini", json.loads(target.read_text()))
+    assert set(entry) == {"command", "args", "env"}
