@@ -74,6 +74,9 @@ class Session:
     # True once the client sent a JSON-RPC frame: only such a client can be sent a hosted
     # server's own notifications and requests (the op dialect has no frames for them).
     speaks_mcp: bool = False
+    # True once it sent a 2026-07-28 request: list changes and resource updates reach it
+    # only through the `subscriptions/listen` streams it opens.
+    modern: bool = False
 
     def remember(self, key: bytes, frame: bytes) -> None:
         self.recent[key] = frame

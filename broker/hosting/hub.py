@@ -22,6 +22,7 @@ import msgspec
 
 from broker.hosting.identity import Presented, present
 from broker.hosting.instance import ClientHello, HandshakeError, HostedInstance, ServerIdentity
+from broker.hosting.listens import Listen, ListenFilter, Listens, acknowledged
 from broker.hosting.loglevels import LEVELS, LogLevels
 from broker.hosting.server import HostedServer, NoInstance, ServerState
 from broker.hosting.subscriptions import Subscriptions
@@ -67,6 +68,7 @@ class Hosting:
         self.name = name
         self.levels = LogLevels()
         self.subscriptions = Subscriptions()
+        self.listens = Listens()
         self.server = HostedServer(
             name,
             argv,
@@ -90,6 +92,7 @@ class Hosting:
             levels=self.levels,
             subscriptions=self.subscriptions,
             divert=self._divert,
+            listens=self.listens,
         )
         self._session_of_call = session_of_call
         self._own_info = own_info
@@ -183,6 +186,36 @@ class Hosting:
         last = self.subscriptions.unsubscribe(self.name, uri, session_id)
         return last or self.server.isolation is Isolation.SESSION
 
+    def listen(self, session_id: str, request_id: bytes, wants: ListenFilter) -> bytes:
+        """Open a 2026-07-28 listen stream; its acknowledgment, to send the client. The
+        server is subscribed to the stream's resources as `resources/subscribe` would."""
+        honoured = wants.honoured(self.presented[0])
+        before = self.listens.uris(session_id)
+        self.listens.add(session_id, Listen(request_id, honoured))
+        self._resubscribe(session_id, before)
+        return acknowledged(honoured, request_id)
+
+    def unlisten(self, session_id: str, request_id: bytes) -> bool:
+        """Close a listen stream (cancelled); False when `request_id` names none."""
+        before = self.listens.uris(session_id)
+        if self.listens.remove(session_id, request_id) is None:
+            return False
+        self._resubscribe(session_id, before)
+        return True
+
+    def _resubscribe(self, session_id: str, before: set[str]) -> None:
+        """Tell the server of the URIs a session's listen streams now want, or no more."""
+        after = self.listens.uris(session_id)
+        for method, uris, change in (
+            ("resources/subscribe", after - before, self.subscribe),
+            ("resources/unsubscribe", before - after, self.unsubscribe),
+        ):
+            for uri in sorted(uris):
+                if change(session_id, uri):
+                    params = msgspec.json.encode({"uri": uri})
+                    for instance in self.instances_for(session_id):
+                        self._spawn(self._quiet_query(instance, method, params))
+
     def answer(
         self, session_id: str, client_id: bytes, result: bytes | None, error: bytes | None
     ) -> bool:
@@ -200,6 +233,7 @@ class Hosting:
             instance.notify(method, params)
 
     def end_session(self, session_id: str) -> None:
+        self.listens.end_session(session_id)  # their subscriptions end with the session's
         self.traffic.end_session(session_id)
         self.levels.end_session(session_id)
         emptied = self.subscriptions.end_session(session_id)

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import msgspec
 
 from broker.hosting.instance import HostedInstance
+from broker.hosting.listens import Listens, stamped
 from broker.hosting.loglevels import LogLevels
 from broker.hosting.subscriptions import Subscriptions
 from exai.relay import Ask, Notice
@@ -55,6 +56,9 @@ class SessionLike(Protocol):
     id: str
     closed: bool
     speaks_mcp: bool
+    # A 2026-07-28 client: sent list changes and resource updates only through the
+    # `subscriptions/listen` streams it opened (listens.py).
+    modern: bool
 
     def send(self, data: bytes) -> None: ...
 
@@ -92,7 +96,9 @@ class ServerTraffic:
         levels: LogLevels,
         subscriptions: Subscriptions,
         divert: Divert | None = None,
+        listens: Listens | None = None,
     ) -> None:
+        self._listens = listens or Listens()
         self.server_name = server_name
         self._owner_of = owner_of
         self._in_flight = sessions_in_flight
@@ -117,17 +123,21 @@ class ServerTraffic:
             )
             for target in targets:
                 if target is not None and not target.closed and target.speaks_mcp:
-                    target.send(frame)
+                    self._send_notice(target, notice, frame)
             return
         if notice.method == "notifications/resources/updated":
             owner = self._owner_of(instance)
-            if owner is not None:
-                # Its own instance: it subscribed, or the server would not send this.
-                self._deliver(owner, frame)
-                return
             uri = _decode(notice.params, _UriParams).uri
-            for subscriber in self._subscriptions.subscribers(self.server_name, uri):
-                self._deliver(subscriber, frame)
+            # Its own instance: it subscribed, or the server would not send this.
+            targets_ids: Iterable[str] = (
+                [owner]
+                if owner is not None
+                else self._subscriptions.subscribers(self.server_name, uri)
+            )
+            for subscriber in targets_ids:
+                target = self._session(subscriber)
+                if target is not None and not target.closed and target.speaks_mcp:
+                    self._send_notice(target, notice, frame, uri)
             return
         session_id = self._single_target(instance)
         if session_id is None:
@@ -214,6 +224,17 @@ class ServerTraffic:
             return owner
         sessions = self._in_flight(instance)
         return next(iter(sessions)) if len(sessions) == 1 else None
+
+    def _send_notice(
+        self, target: SessionLike, notice: Notice, frame: bytes, uri: str | None = None
+    ) -> None:
+        """A list change or resource update: as it is, or on each listen stream of a
+        2026-07-28 client that asked for it (nothing to one that did not)."""
+        if not target.modern:
+            target.send(frame)
+            return
+        for listen_id in self._listens.wanting(target.id, notice.method, uri):
+            target.send(stamped(notice.method, notice.params, listen_id))
 
     def _deliver(self, session_id: str, frame: bytes) -> None:
         session = self._session(session_id)

@@ -15,13 +15,15 @@ from typing import Any, Protocol
 import msgspec
 
 from broker.calls.manager import CallManager
-from broker.calls.session import Session, SessionRegistry
+from broker.calls.session import Session, SessionRegistry, canonical_id
 from broker.hosting.hub import Hosting
 from broker.hosting.instance import ClientHello
+from broker.hosting.listens import listen_filter
 from broker.hosting.loglevels import LEVELS
 from broker.router.codec import Dialect, Envelope, FrameCodec
 from broker.router.modern import stamp_result, strip_envelope
 from broker.router.ops import (
+    Ack,
     CallToolOp,
     CancelOp,
     HealthOp,
@@ -321,6 +323,10 @@ class FrameRouter:
         if method == "notifications/cancelled":
             cancel = self.codec.cancel_params(env.params)
             if cancel is not None:
+                if self.hosting is not None and self.hosting.unlisten(
+                    session.id, canonical_id(bytes(cancel.requestId))
+                ):
+                    return
                 self.calls.cancel(session, cancel.requestId, answer=False)
         elif self.hosting is not None and method not in (None, "notifications/initialized"):
             assert method is not None
@@ -348,11 +354,16 @@ class FrameRouter:
         else:
             meta, label = self.codec.generic_params(env.params).meta, method
         modern = meta is not None and meta.protocol_version == MODERN_VERSION
+        if modern:
+            session.modern = True
         if modern and session.client is None:
             assert meta is not None
             session.client = _client_hello(
                 LATEST_HANDSHAKE_VERSION, meta.client_capabilities, meta.client_info
             )
+        if modern and method == "subscriptions/listen":
+            self._listen(peer, session, request_id, params, hosting)
+            return
         if modern and b'"requestState"' in bytes(env.params):
             resume = self.codec.resume_params(env.params)
             if resume.requestState is not None:
@@ -387,6 +398,25 @@ class FrameRouter:
             info = self.codec.encode(hosting.presented[1])
             local = stamp_result(local, method, info)
         peer.send(self.codec.result(request_id, local))
+
+    def _listen(
+        self,
+        peer: ClientPeer,
+        session: Session,
+        request_id: msgspec.Raw,
+        params: bytes | None,
+        hosting: Hosting,
+    ) -> None:
+        """A 2026-07-28 `subscriptions/listen`: acknowledged, then left open (it ends with
+        its cancel or the session); its notifications come from the traffic rules."""
+        try:
+            wants = listen_filter(params)
+        except msgspec.DecodeError as exc:
+            raise InvalidArguments(f"invalid subscriptions/listen params: {exc}") from None
+        if session.acks:
+            # A shim awaits an answer it will not get: this keeps it from timing out.
+            peer.send(self.codec.encode(Ack(request_id)))
+        peer.send(hosting.listen(session.id, canonical_id(bytes(request_id)), wants))
 
     def _hosted_local(
         self, session: Session, method: str, env: Envelope, hosting: Hosting

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.hosting.listens import Listen, ListenFilter
 from broker.hosting.loglevels import LogLevels
 from broker.hosting.subscriptions import Subscriptions
 from broker.hosting.traffic import ServerTraffic
@@ -17,6 +18,7 @@ class FakeSession:
     id: str
     closed: bool = False
     speaks_mcp: bool = True
+    modern: bool = False
     frames: list[dict[str, Any]] = field(default_factory=list)
 
     def send(self, data: bytes) -> None:
@@ -151,3 +153,25 @@ def test_a_session_that_ends_fails_its_open_server_requests() -> None:
     w.ask(w.owned, ask_id=5)
     w.traffic.end_session("b")
     assert w.owned.answers == [(5, None, {"code": -32603, "message": "the client session ended"})]
+
+
+def test_a_2026_client_gets_list_changes_and_updates_only_on_its_listen_streams() -> None:
+    """subscriptions/listen: only the kinds asked for, each stamped with the stream's id;
+    nothing to a 2026-07-28 session that opened no stream; handshake-era clients as ever."""
+    w = World()
+    w.a.modern = True
+    w.notice(w.shared, "notifications/tools/list_changed")
+    assert w.a.frames == [] and len(w.b.frames) == 1
+    w.traffic._listens.add(
+        "a", Listen(b'"l-1"', ListenFilter(toolsListChanged=True, resourceSubscriptions=["u:x"]))
+    )
+    w.subs.subscribe("srv", "u:x", "a")
+    w.notice(w.shared, "notifications/tools/list_changed", {"_meta": {"k": 1}})
+    w.notice(w.shared, "notifications/prompts/list_changed")
+    w.notice(w.shared, "notifications/resources/updated", {"uri": "u:x"})
+    meta = "io.modelcontextprotocol/subscriptionId"
+    assert [(f["method"], f["params"]["_meta"]) for f in w.a.frames] == [
+        ("notifications/tools/list_changed", {"k": 1, meta: "l-1"}),
+        ("notifications/resources/updated", {meta: "l-1"}),
+    ]
+    assert w.a.frames[1]["params"]["uri"] == "u:x"
