@@ -14,6 +14,7 @@ import asyncio
 import json
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -372,3 +373,35 @@ async def test_sessionless_2026_requests(daemon_factory: DaemonFactory) -> None:
         async with http.get(f"http://127.0.0.1:{daemon.port}/health") as resp:
             health = await resp.json()
         assert health["sessions"] == 0 and health["inflight"]["global"] == 0, health
+
+
+async def test_a_draining_daemon_answers_the_http_call_in_flight_then_exits(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """SIGTERM with a session's GET stream open and a call running on its own stream:
+    the call is answered (the drain grace), the streams end, the daemon exits 0."""
+    daemon = daemon_factory(workers=1)
+    async with aiohttp.ClientSession() as http:
+        headers = await open_session(http, daemon)
+        standalone = await http.get(
+            mcp_url(daemon), headers=headers | {"Accept": "text/event-stream"}
+        )
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "sleep", "arguments": {"seconds": 1.0}},
+        }
+        posted = asyncio.create_task(http.post(mcp_url(daemon), json=call, headers=headers))
+        await async_wait_for(lambda: _positive(inflight(http, daemon)), 10, "the call to start")
+        daemon.proc.send_signal(signal.SIGTERM)
+        async with await asyncio.wait_for(posted, scaled(20)) as resp:
+            _, answer = await read_event(resp)
+        assert answer["result"]["content"][0]["text"] == "slept 1", answer
+        assert await asyncio.wait_for(standalone.read(), scaled(20)) is not None
+        standalone.close()
+    assert await asyncio.to_thread(daemon.proc.wait, scaled(20)) == 0
+
+
+async def _positive(count: Any) -> bool:
+    return await count > 0
