@@ -79,6 +79,7 @@ class RequestStream:
         self.events: deque[bytes] = deque()
         self.pending_bytes = 0
         self.response: bytes | None = None
+        self.raw_response: bytes | None = None
         self.done = False
         # Set when the client reads too slowly: the handler gives the request up.
         self.overflow = False
@@ -101,6 +102,8 @@ class RequestStream:
         if self.done:
             return
         self.done = True
+        # Kept as it came too: a request answered before any event goes out as JSON.
+        self.raw_response = data
         if data is not None:
             if self.sse:
                 self._seq += 1

@@ -275,9 +275,29 @@ class Streamable:
         if stream is None:
             return _rpc_error(409, -32600, "a request with this id is still open", request_id)
         self.handle(peer, body)
-        if sse:
-            return await self._sse_answer(request, peer, stream, headers)
-        return await self._json_answer(request, peer, stream, headers)
+        if not sse:
+            return await self._json_answer(request, peer, stream, headers)
+        if (
+            want_json
+            and not await self._streams_before_answer(request, peer, stream)
+            and stream.raw_response is not None
+        ):
+            # Answered before anything else came: a plain JSON response costs both
+            # sides less than a stream. (A request whose session ended unanswered gets
+            # the stream's quiet end, as before.)
+            return web.Response(
+                body=stream.raw_response, content_type="application/json", headers=headers
+            )
+        return await self._sse_answer(request, peer, stream, headers)
+
+    async def _streams_before_answer(
+        self, request: web.Request, peer: HttpPeer, stream: RequestStream
+    ) -> bool:
+        """Wait for the request's first message; True when it needs the stream (an event
+        came first, or a keepalive is due), False when the answer came first."""
+        if not await _pause(stream.wake, request, KEEPALIVE_S):
+            return True  # gone: the stream path gives the request up
+        return not (stream.done and not stream.events)
 
     async def _post_sessionless(
         self,

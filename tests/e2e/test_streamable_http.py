@@ -72,6 +72,17 @@ async def open_session(http: aiohttp.ClientSession, daemon: DaemonProcess) -> di
     return headers
 
 
+async def read_answer(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The JSON-RPC answer of a POST: a JSON body, or the stream's last event (a request
+    answered before anything else came gets JSON even when it could have streamed)."""
+    if resp.content_type == "text/event-stream":
+        while True:
+            _, message = await read_event(resp)
+            if "method" not in message:
+                return message
+    return dict(await resp.json())
+
+
 async def read_event(resp: aiohttp.ClientResponse) -> tuple[str | None, dict[str, Any]]:
     """The next SSE event with data on `resp`: (id, the JSON message)."""
     event_id: str | None = None
@@ -268,14 +279,14 @@ async def test_standalone_stream_replays_after_last_event_id(
         async with http.get(url, headers=sse) as stream:
             assert stream.status == 200
             async with http.post(url, json=add_tool(1), headers=headers) as resp:
-                _, answer = await read_event(resp)
+                answer = await read_answer(resp)
                 assert answer["id"] == 101 and "result" in answer
             first_id, changed = await read_event(stream)
             assert changed["method"] == "notifications/tools/list_changed"
             assert first_id is not None
         # Sent while no stream is open: held for the next one.
         async with http.post(url, json=add_tool(2), headers=headers) as resp:
-            _, answer = await read_event(resp)
+            answer = await read_answer(resp)
             assert answer["id"] == 102
         async with http.get(url, headers=sse | {"Last-Event-ID": first_id}) as stream:
             second_id, changed = await read_event(stream)
@@ -353,10 +364,7 @@ async def test_sessionless_2026_requests(daemon_factory: DaemonFactory) -> None:
         async with http.post(url, json=call, headers=modern | {"Mcp-Method": "tools/call"}) as resp:
             assert resp.status == 200
             assert "Mcp-Session-Id" not in resp.headers
-            if resp.content_type == "text/event-stream":
-                _, answer = await read_event(resp)
-            else:
-                answer = await resp.json()
+            answer = await read_answer(resp)
         assert answer["id"] == 1 and answer["result"]["content"][0]["text"] == "alone", answer
         assert answer["result"]["resultType"] == "complete", answer
         discover = modern_request(2, "server/discover")
@@ -396,7 +404,7 @@ async def test_a_draining_daemon_answers_the_http_call_in_flight_then_exits(
         await async_wait_for(lambda: _positive(inflight(http, daemon)), 10, "the call to start")
         daemon.proc.send_signal(signal.SIGTERM)
         async with await asyncio.wait_for(posted, scaled(20)) as resp:
-            _, answer = await read_event(resp)
+            answer = await read_answer(resp)
         assert answer["result"]["content"][0]["text"] == "slept 1", answer
         assert await asyncio.wait_for(standalone.read(), scaled(20)) is not None
         standalone.close()
