@@ -45,7 +45,7 @@ from benchmarks.generator import SDK_STDIO_ARGS
 from benchmarks.http_load import LoadConfig
 from benchmarks.procstat import machine_busy_seconds, total_cpu_seconds
 from benchmarks.report import machine_info, write_json
-from benchmarks.runner import split_clients
+from benchmarks.runner import read_event, reap, spawn_generator, split_clients
 from benchmarks.stats import summarise
 
 __all__ = ["TARGETS", "main", "summarize"]
@@ -312,42 +312,7 @@ def _tree(pid: int) -> list[int]:
 
 
 async def _spawn(config: LoadConfig, log_path: Path) -> asyncio.subprocess.Process:
-    stderr_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "benchmarks.http_load",
-            config.to_json(),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr_fd,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-            limit=STREAM_LIMIT_BYTES,
-        )
-    finally:
-        os.close(stderr_fd)
-
-
-async def _event(
-    proc: asyncio.subprocess.Process, event: str, timeout_s: float, log: Path
-) -> dict[str, Any]:
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
-    if not line:
-        raise RuntimeError(f"generator {proc.pid} exited before '{event}'; see {log}")
-    message: dict[str, Any] = orjson.loads(line)
-    if message.get("event") != event:
-        raise RuntimeError(f"generator {proc.pid}: expected '{event}', got {message}")
-    return message
-
-
-async def _reap(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    await proc.wait()
+    return await spawn_generator("benchmarks.http_load", config.to_json(), log_path, REPO_ROOT)
 
 
 async def _cpu_over(
@@ -413,7 +378,7 @@ async def run_cell(
             procs.append(await _spawn(config, logs[-1]))
         pairs = list(zip(procs, logs, strict=True))
         readies = await asyncio.gather(
-            *(_event(p, "ready", open_timeout_s + 10.0, log) for p, log in pairs)
+            *(read_event(p, "ready", open_timeout_s + 10.0, log) for p, log in pairs)
         )
         start_at = time.time() + START_DELAY_S
         for p in procs:
@@ -424,11 +389,11 @@ async def run_cell(
         window = (window_start, window_start + args.duration)
         cpu = await _cpu_over(target.pid, [p.pid for p in procs], window)
         results = await asyncio.gather(
-            *(_event(p, "result", args.call_timeout + 30.0, log) for p, log in pairs)
+            *(read_event(p, "result", args.call_timeout + 30.0, log) for p, log in pairs)
         )
         await asyncio.gather(*(p.wait() for p in procs))
     finally:
-        await asyncio.gather(*(_reap(p) for p in procs), return_exceptions=True)
+        await asyncio.gather(*(reap(p) for p in procs), return_exceptions=True)
     latencies = [x for r in results for x in r["latencies_ms"]]
     errors: Counter[str] = Counter()
     for r in results:

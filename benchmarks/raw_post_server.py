@@ -9,15 +9,12 @@ what aiohttp and one JSON parse and dump cost on this machine.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
-import socket
-import sys
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from benchmarks.loopback_app import run_app
 
 __all__ = ["main"]
 
@@ -43,36 +40,10 @@ async def _post(request: web.Request) -> web.Response:
     return _reply(message["id"], {"content": [{"type": "text", "text": text}]})
 
 
-async def _serve() -> None:
+def main() -> None:
     app = web.Application()
     app.router.add_post("/mcp", _post)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    await web.SockSite(runner, sock, backlog=1024).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    sys.stdout.buffer.write(orjson.dumps({"port": port}) + b"\n")
-    sys.stdout.buffer.flush()
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
-def main() -> None:
-    runner = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        runner = uvloop.run
-    runner(_serve())
+    run_app(app)
 
 
 if __name__ == "__main__":

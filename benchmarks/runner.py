@@ -67,17 +67,27 @@ def split_clients(clients: int, procs: int) -> list[int]:
 
 async def _spawn(config: GeneratorConfig, log_path: Path) -> asyncio.subprocess.Process:
     """Start a generator in its own process group (so it and its shims die together)."""
+    return await spawn_generator(
+        "benchmarks.generator", config.to_json(), log_path, config.repo_root
+    )
+
+
+async def spawn_generator(
+    module: str, config_json: str, log_path: Path, cwd: str | Path
+) -> asyncio.subprocess.Process:
+    """`python -m module CONFIG` in its own process group, its stderr appended to
+    `log_path`, its stdout the JSON-lines events the runner reads."""
     stderr_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "benchmarks.generator",
-            config.to_json(),
+            module,
+            config_json,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr_fd,
-            cwd=config.repo_root,
+            cwd=cwd,
             start_new_session=True,
             limit=STREAM_LIMIT_BYTES,
         )
@@ -85,7 +95,7 @@ async def _spawn(config: GeneratorConfig, log_path: Path) -> asyncio.subprocess.
         os.close(stderr_fd)
 
 
-async def _read_event(
+async def read_event(
     proc: asyncio.subprocess.Process, event: str, timeout_s: float, log_path: Path
 ) -> dict[str, Any]:
     assert proc.stdout is not None
@@ -98,7 +108,7 @@ async def _read_event(
     return message
 
 
-async def _reap(proc: asyncio.subprocess.Process) -> None:
+async def reap(proc: asyncio.subprocess.Process) -> None:
     """Kill the generator's process group (it and its shims) if anything is left."""
     if proc.returncode is None and hasattr(os, "killpg"):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -196,7 +206,7 @@ async def run_cell(
         ready_timeout_s = READY_TIMEOUT_S + per_client_s * plan.clients
         pairs = list(zip(procs, logs, strict=True))
         readies = await asyncio.gather(
-            *(_read_event(p, "ready", ready_timeout_s, log) for p, log in pairs)
+            *(read_event(p, "ready", ready_timeout_s, log) for p, log in pairs)
         )
         start_at = time.time() + START_DELAY_S
         for p in procs:
@@ -208,11 +218,11 @@ async def run_cell(
         cpu = await _sample_cpu(target.server_pid, target.worker_pids, window)
         result_timeout_s = plan.call_timeout_s + 30.0
         results = await asyncio.gather(
-            *(_read_event(p, "result", result_timeout_s, log) for p, log in pairs)
+            *(read_event(p, "result", result_timeout_s, log) for p, log in pairs)
         )
         await asyncio.gather(*(p.wait() for p in procs))
     finally:
-        await asyncio.gather(*(_reap(p) for p in procs), return_exceptions=True)
+        await asyncio.gather(*(reap(p) for p in procs), return_exceptions=True)
     after = await _wait_idle(daemon)
     row = _row(plan, readies, results, cpu, before, after)
     # Memory right after the cell: what this load made the daemon and workers hold.
