@@ -520,6 +520,12 @@ def expect(data: bytes, binary: bool) -> Frame:
     envelope += [(k, v) for k, v in getattr(obj, "shadowed", ()) if k in ENVELOPE_STRINGS]
     if not all(v is None or isinstance(v, str) for _, v in envelope):
         return frame  # the envelope itself is malformed: one error
+    shadowed = getattr(obj, "shadowed", ())
+    if any(k in ENVELOPE_STRINGS and v != obj.get(k) for k, v in shadowed):
+        # An envelope key given twice with different values: which one wins is the
+        # parser's choice, so a typed error and acting on either value are all right.
+        frame.low = 0
+        return frame
     if obj.get("jsonrpc") is not None:
         if "id" not in obj:
             # A notification: never answered, even a broken one.
