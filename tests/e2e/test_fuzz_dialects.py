@@ -520,12 +520,6 @@ def expect(data: bytes, binary: bool) -> Frame:
     envelope += [(k, v) for k, v in getattr(obj, "shadowed", ()) if k in ENVELOPE_STRINGS]
     if not all(v is None or isinstance(v, str) for _, v in envelope):
         return frame  # the envelope itself is malformed: one error
-    shadowed = getattr(obj, "shadowed", ())
-    if any(k in ENVELOPE_STRINGS and v != obj.get(k) for k, v in shadowed):
-        # An envelope key given twice with different values: which one wins is the
-        # parser's choice, so a typed error and acting on either value are all right.
-        frame.low = 0
-        return frame
     if obj.get("jsonrpc") is not None:
         if "id" not in obj:
             # A notification: never answered, even a broken one.
@@ -551,6 +545,11 @@ def expect(data: bytes, binary: bool) -> Frame:
         frame.key = ("rpc", bytes(ids.id))
         return frame
     if obj.get("op") is not None:
+        if any(k == "op" and v != obj["op"] for k, v in getattr(obj, "shadowed", ())):
+            # "op" given twice with different values: which one wins is the parser's
+            # choice (the daemon refuses such a frame with INVALID_FRAME).
+            frame.low = 0
+            return frame
         if obj["op"] == "cancel" and "request_id" in obj:
             frame.low = frame.high = 0  # its call answers (CANCELLED), the cancel does not
         elif obj["op"] == "call_tool":
@@ -951,7 +950,14 @@ def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc
     daemon = start_daemon(
         tmp_path_factory.mktemp("fuzz-dialects"),
         workers=2,
-        env={"EXAI_WS_CALL_TIMEOUT": "5", "EXAI_WS_HELLO_TIMEOUT": "5", **_env_without_providers()},
+        env={
+            "EXAI_WS_CALL_TIMEOUT": "5",
+            "EXAI_WS_HELLO_TIMEOUT": "5",
+            # Each frame is judged by what answers it within its batch: a call over the
+            # session cap must be refused then, not wait in the queue.
+            "EXAI_WS_MCP_QUEUE_TIMEOUT": "0",
+            **_env_without_providers(),
+        },
     )
     try:
         yield daemon
