@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         'e.g. "uvx mcp-server-time"',
     )
     parser.add_argument(
+        "--config",
+        help="the servers file to host, in the mcpServers format of Claude Desktop, Cursor "
+        "and Claude Code (EXAI_CONFIG; default: servers.json in the user's config folder, "
+        "if it exists, see `status`)",
+    )
+    parser.add_argument(
         "--isolation",
         help="shared (one hosted server per worker) or session (one per client session)",
     )
@@ -222,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ADMIN_COMMANDS:
         return admin_main(argv[0], argv[1:])
+    if argv and argv[0] == "import":
+        from broker.fleet.importer import import_main
+
+        return import_main(argv[1:])
     if argv and argv[0] == "report":
         from broker.admin.report import report_main
 

@@ -24,12 +24,23 @@ from aiohttp import web
 
 from broker.calls.catalog import Catalog
 from broker.calls.manager import CallManager, CallRecord, PendingCall
-from broker.calls.scheduler import Scheduler
+from broker.calls.scheduler import Scheduler, server_lane
 from broker.calls.session import SessionRegistry
-from broker.hosting.command import HostedCommand, hosted_command, server_environment
+from broker.fleet.config import ConfigError, ServersConfig, ServerSpec
+from broker.fleet.fleet import Fleet
+from broker.fleet.listings import LISTINGS_FILE, Listings
+from broker.fleet.source import servers_file
+from broker.fleet.watch import watch_servers
+from broker.hosting.command import (
+    HostedCommand,
+    command_argv_of,
+    hosted_command,
+    server_environment,
+)
 from broker.hosting.hub import Hosting
 from broker.hosting.instance import ClientHello, HandshakeError
 from broker.lifecycle import Lifecycle, Part
+from broker.observe.by_server import ServerLatencies
 from broker.observe.calllog import MetricsWriter
 from broker.observe.files import HEALTH_FILE, METRICS_FILE
 from broker.observe.health import HealthFile
@@ -50,6 +61,9 @@ from exai.net import ws_url
 from exai.settings import Settings, worker_overrides
 
 __all__ = ["Daemon", "serve"]
+
+# What a server's cap becomes when an edit of the servers file removes its maxInflight.
+UNCAPPED = 1 << 30
 
 log = logging.getLogger("broker")
 
@@ -80,19 +94,31 @@ class ServerStartFailure(RuntimeError):
 async def serve(settings: Settings, environ: Mapping[str, str]) -> int:
     """Run one daemon from start-up to shutdown; returns the process exit code."""
     try:
+        servers = servers_file(settings, environ)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return ExitCode.USAGE
+    try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:
         log.error("cannot listen on %s: %s (is another daemon running?)", settings.url, exc)
         return ExitCode.BIND_FAILED
     with sock:
-        return await Daemon(settings, environ, sock).run()
+        return await Daemon(settings, environ, sock, servers).run()
 
 
 class Daemon:
     """One daemon around its bound socket; `run` returns the process exit code."""
 
-    def __init__(self, settings: Settings, environ: Mapping[str, str], sock: socket.socket) -> None:
-        """Build every part, whole; nothing starts yet. Call inside the running loop."""
+    def __init__(
+        self,
+        settings: Settings,
+        environ: Mapping[str, str],
+        sock: socket.socket,
+        servers: tuple[Path, ServersConfig] | None = None,
+    ) -> None:
+        """Build every part, whole; nothing starts yet. Call inside the running loop.
+        `servers` is the servers file (its path and contents), when there is one."""
         self.settings = settings
         self.port: int = sock.getsockname()[1]
         self.url = ws_url(settings.host, self.port)
@@ -107,7 +133,11 @@ class Daemon:
         log_dir = Path(settings.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.auth = Auth(settings.token)
-        hosted = hosted_command(settings.server_cmd, settings.server)
+        self.servers_path = servers[0] if servers is not None else None
+        hosted = (
+            None if servers is not None else hosted_command(settings.server_cmd, settings.server)
+        )
+        self._environ = environ
         self.metrics = MetricsWriter(
             log_dir / METRICS_FILE,
             max_bytes=settings.metrics_max_bytes,
@@ -136,16 +166,23 @@ class Daemon:
         )
         self.codec = FrameCodec()
         self.recent = RecentStats()
+        self.by_server = ServerLatencies()
         self.calls = CallManager(
             settings, self.scheduler, self.supervisor, self.codec, self._record
         )
         self.sessions = SessionRegistry(settings.resume_grace_s, settings.send_buffer_bytes)
-        self.hosting = self._hosting(settings, hosted, environ) if hosted else None
+        self.hosting: Hosting | Fleet | None = None
+        if servers is not None:
+            self.hosting = self._fleet(servers[1], log_dir)
+            self.calls.forwarder = self.hosting
+        elif hosted is not None:
+            hosting = self._hosting(settings, hosted, environ)
+            self._connect_hosting(hosting)
+            self._catalog_from(hosting)
+            self.calls.forwarder = self.hosting = hosting
         self.router = FrameRouter(
             settings, self.codec, self.calls, self.sessions, self.auth, self.snapshot, self.hosting
         )
-        if self.hosting is not None:
-            self._connect_hosting(self.hosting)
         self.prometheus = PrometheusMetrics(self.snapshot)
         self.health = HealthFile(log_dir / HEALTH_FILE, self.snapshot, settings.health_interval_s)
         self.clients = Clients(settings.max_connections)
@@ -293,6 +330,18 @@ class Daemon:
         if hosting is None:
             yield
             return
+        if isinstance(hosting, Fleet):
+            await hosting.start()
+            assert self.servers_path is not None
+            watcher = asyncio.get_running_loop().create_task(
+                watch_servers(self.servers_path, hosting, self._environ)
+            )
+            try:
+                yield
+            finally:
+                watcher.cancel()
+                await hosting.stop()
+            return
         try:
             await hosting.start()
         except HandshakeError as exc:
@@ -366,16 +415,61 @@ class Daemon:
 
     def _connect_hosting(self, hosting: Hosting) -> None:
         calls = self.calls
-        calls.forwarder = hosting
         hosting.on_reply = calls.handle_reply
         hosting.on_progress = calls.handle_hosted_progress
         hosting.on_lost = calls.handle_hosted_lost
         hosting.on_ready = calls.retry_held
         hosting.on_input_required = calls.input_required
+
+    def _catalog_from(self, hosting: Hosting) -> None:
+        """The one hosted server's tools are the daemon's tools."""
+        calls = self.calls
         model_tools = frozenset(self.settings.model_tools)
         hosting.on_tools = lambda tools: setattr(
             calls, "catalog", Catalog.from_tools(tools, hosting.name, model_tools)
         )
+
+    def _fleet(self, config: ServersConfig, log_dir: Path) -> Fleet:
+        return Fleet(
+            config,
+            make_hosting=self._member_hosting,
+            builtins=lambda: self.calls.catalog,
+            sessions=lambda: list(self.sessions.sessions.values()),
+            own_info=SERVER_INFO,
+            listings=Listings(log_dir / LISTINGS_FILE),
+        )
+
+    def _member_hosting(self, spec: ServerSpec) -> Hosting:
+        """The hosting of one server of the servers file, wired to the call manager."""
+        settings = self.settings
+        lane = server_lane(spec.name)
+        if spec.max_inflight is not None:
+            self.scheduler.set_cap(lane, spec.max_inflight)
+        elif lane in self.scheduler.provider_caps:
+            # The edit lifted the cap; calls in flight still give their slot back to it.
+            self.scheduler.set_cap(lane, UNCAPPED)
+        env = server_environment(self._environ)
+        env.update(spec.env)
+        hosting = Hosting(
+            spec.name,
+            command_argv_of(spec) if spec.command else [],
+            env=env,
+            cwd=spec.cwd,
+            url=spec.url,
+            headers=dict(spec.headers),
+            isolation=spec.isolation,
+            instances=spec.instances,
+            idle_timeout_s=settings.session_idle_timeout_s,
+            max_instances=settings.session_instances_max,
+            max_line_bytes=settings.max_frame_bytes,
+            session=self.sessions.sessions.get,
+            all_sessions=lambda: list(self.sessions.sessions.values()),
+            session_of_call=self._session_of_call,
+            own_info=SERVER_INFO,
+            client_of=self._client_of,
+        )
+        self._connect_hosting(hosting)
+        return hosting
 
     def _client_of(self, session_id: str) -> ClientHello | None:
         session = self.sessions.sessions.get(session_id)
@@ -390,11 +484,18 @@ class Daemon:
     def _record(self, record: CallRecord) -> None:
         self.metrics.record(record)
         self.recent.add(record.t, record.latency_ms, record.outcome == "ok")
+        if record.server is not None:
+            self.by_server.add(record.server, record.t, record.latency_ms, record.outcome == "ok")
         # Unknown tool names are the client's words: one label for all of them, or any
         # client could grow the metrics without bound.
         tool = "(unknown)" if record.outcome == "TOOL_NOT_FOUND" else record.tool
         self.prometheus.observe(
-            tool, record.provider, record.outcome, record.latency_ms, record.queue_ms
+            tool,
+            record.provider,
+            record.outcome,
+            record.latency_ms,
+            record.queue_ms,
+            record.server,
         )
 
     def _worker_ready(self, worker: WorkerHandle) -> None:

@@ -119,6 +119,8 @@ class Settings:
     max_calls_per_worker: int = 0
     max_connections: int = 512
     server_cmd: str = ""
+    # The servers file; "" means the default one, when it exists and no server is given.
+    config: str = ""
     isolation: Isolation = Isolation.SHARED
     session_idle_timeout_s: float = 600.0
     session_instances_max: int = 16
@@ -232,6 +234,7 @@ _DAEMON_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EXAI_MAX_CALLS_PER_WORKER": ("max_calls_per_worker", integer(0)),
     "EXAI_WS_MAX_CONNECTIONS": ("max_connections", integer(1)),
     "EXAI_SERVER_CMD": ("server_cmd", text),
+    "EXAI_CONFIG": ("config", text),
     "EXAI_ISOLATION": ("isolation", _choice(Isolation)),
     "EXAI_SESSION_IDLE_TIMEOUT": ("session_idle_timeout_s", number(0, exclusive=True)),
     "EXAI_SESSION_INSTANCES_MAX": ("session_instances_max", integer(1)),
@@ -264,6 +267,7 @@ CLI_TO_ENV = {
     "server": "EXAI_SERVER",
     "max_calls_per_worker": "EXAI_MAX_CALLS_PER_WORKER",
     "server_cmd": "EXAI_SERVER_CMD",
+    "config": "EXAI_CONFIG",
     "isolation": "EXAI_ISOLATION",
     "pool": "EXAI_POOL",
 }

@@ -206,7 +206,12 @@ def start_daemon(
     """Start a daemon on a free loopback port and wait until it is ready."""
     log_dir = tmp_path / f"logs-{uuid.uuid4().hex[:6]}"
     log_dir.mkdir()
-    full_env = base_env(EXAI_DIAGNOSTIC_TOOLS="1", EXAI_HEALTH_INTERVAL="0.2")
+    # Its own config folder: a servers file of the machine's user is not the test's.
+    full_env = base_env(
+        EXAI_DIAGNOSTIC_TOOLS="1",
+        EXAI_HEALTH_INTERVAL="0.2",
+        XDG_CONFIG_HOME=str(log_dir / "config"),
+    )
     full_env.update(env or {})
     stderr_path = log_dir / "daemon.stderr"
     argv = [

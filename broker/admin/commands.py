@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from broker.fleet.config import default_config_path
 from broker.observe.files import HEALTH_FILE
 from exai.exits import ExitCode
 from exai.net import http_url, reachable_host, ws_url
@@ -46,8 +48,12 @@ async def read_status(
     return dict(snapshot), f"file ({error})"
 
 
-def format_status(snapshot: dict[str, Any] | None, source: str) -> tuple[str, int]:
-    """A human-readable summary and the exit code: 0 healthy, 1 down."""
+def format_status(
+    snapshot: dict[str, Any] | None, source: str, environ: Mapping[str, str] | None = None
+) -> tuple[str, int]:
+    """A human-readable summary and the exit code: 0 healthy, 1 down. Hosted servers
+    are listed but do not count: workers up and every server failed is still UP.
+    `environ` places the default servers file (the process environment when None)."""
     if snapshot is None:
         return f"DOWN: {source}; no health file either", ExitCode.FAILED
     age_s = time.time() - float(snapshot.get("t", 0))
@@ -85,8 +91,42 @@ def format_status(snapshot: dict[str, Any] | None, source: str) -> tuple[str, in
         f"metrics lines dropped {snapshot.get('metrics_dropped', 0)}; "
         f"answers dropped while detached {snapshot.get('frames_dropped', 0)}",
     ]
-    healthy = not snapshot.get("draining") and live > 0
+    for server in snapshot.get("servers") or []:
+        lines.extend(_server_lines(server))
+    servers_file = snapshot.get("servers_file")
+    lines.append(
+        f"servers file: {servers_file}"
+        if servers_file
+        else f"servers file: none (default location: {default_config_path(environ)})"
+    )
+    # A daemon hosting one server runs no workers: its server serving is what counts.
+    serving = live > 0 or (
+        not workers and any(s.get("state") == "ready" for s in snapshot.get("servers", []))
+    )
+    healthy = not snapshot.get("draining") and serving
     return "\n".join(lines), ExitCode.OK if healthy else ExitCode.FAILED
+
+
+def _server_lines(server: dict[str, Any]) -> list[str]:
+    """One line for a hosted server; a failed one's failure (stderr tail and all)
+    follows, indented."""
+    instances = server.get("instances") or []
+    in_flight = sum(int(i.get("in_flight", 0)) for i in instances)
+    lines = [
+        f"server {server.get('name')} {server.get('state')} "
+        f"prefix {server.get('prefix') or '(none)'}, instances {len(instances)}, "
+        f"in flight {in_flight}, restarts {server.get('restarts', 0)}, "
+        f"p50 {_ms(server.get('p50_ms'))}, p99 {_ms(server.get('p99_ms'))}"
+    ]
+    failure = server.get("failure")
+    if server.get("state") == "failed" and failure:
+        lines.extend(f"    {line}" for line in str(failure).splitlines())
+    return lines
+
+
+def _ms(value: Any) -> str:
+    # None: no call in the recent window, so no latency to show.
+    return "- ms" if value is None else f"{float(value):.1f} ms"
 
 
 async def rotate_token(

@@ -15,7 +15,19 @@ from typing import Any
 from broker.observe.files import METRICS_FILE
 from broker.observe.percentiles import percentile
 
-__all__ = ["parse_since", "percentile", "read_records", "report_main", "summarize"]
+__all__ = ["GROUPINGS", "parse_since", "percentile", "read_records", "report_main", "summarize"]
+
+# What a report can group calls by: the metrics line's field, the summary's key for its
+# table, and the name of the group of lines without that field.
+GROUPINGS = {
+    "tool": ("tools", "none"),
+    "provider": ("providers", "none"),
+    # The daemon's own tools are served by no hosted server.
+    "server": ("servers", "(daemon)"),
+}
+_DEFAULT_BY = ("tool", "provider")
+# One group's latencies, queue times and error count (in a list, to be added to in place).
+_Group = tuple[list[float], list[float], list[int]]
 
 _SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -67,12 +79,19 @@ def _stats(latencies: list[float], queues: list[float], errors: int) -> dict[str
     }
 
 
-def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Per-tool and per-provider counts and latencies, error codes, busiest sessions."""
-    by: dict[str, dict[str, tuple[list[float], list[float], list[int]]]] = {
-        "tool": defaultdict(lambda: ([], [], [0])),
-        "provider": defaultdict(lambda: ([], [], [0])),
+def _table(grouped: dict[str, _Group]) -> dict[str, dict[str, Any]]:
+    return {
+        name: _stats(lat, queue, errs[0]) for name, (lat, queue, errs) in sorted(grouped.items())
     }
+
+
+def summarize(records: Iterable[dict[str, Any]], by: Sequence[str] = _DEFAULT_BY) -> dict[str, Any]:
+    """Counts and latencies per group of each GROUPINGS field in `by` (per tool and per
+    provider unless told), error codes, busiest sessions."""
+    groups: dict[str, dict[str, _Group]] = {
+        field: defaultdict(lambda: ([], [], [0])) for field in by
+    }
+    missing = {field: GROUPINGS[field][1] for field in by}
     codes: Counter[str] = Counter()
     sessions: Counter[str] = Counter()
     first = last = None
@@ -87,8 +106,8 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         if failed:
             codes[outcome] += 1
         sessions[str(record.get("session", "?"))] += 1
-        for key, value in (("tool", record.get("tool")), ("provider", record.get("provider"))):
-            lat, queue, errs = by[key][str(value or "none")]
+        for field, grouped in groups.items():
+            lat, queue, errs = grouped[str(record.get(field) or missing[field])]
             lat.append(float(record.get("latency_ms", 0.0)))
             queue.append(float(record.get("queue_ms", 0.0)))
             errs[0] += failed
@@ -97,8 +116,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "calls": total,
         "window_s": round(span_s, 1),
         "calls_per_s": round(total / span_s, 2) if span_s > 0 else None,
-        "tools": {k: _stats(v[0], v[1], v[2][0]) for k, v in sorted(by["tool"].items())},
-        "providers": {k: _stats(v[0], v[1], v[2][0]) for k, v in sorted(by["provider"].items())},
+        **{GROUPINGS[field][0]: _table(grouped) for field, grouped in groups.items()},
         "errors_by_code": dict(codes.most_common()),
         "busiest_sessions": [{"session": s, "calls": n} for s, n in sessions.most_common(5)],
     }
@@ -109,7 +127,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['calls']} calls over {summary['window_s']} s"
         + (f" ({summary['calls_per_s']}/s)" if summary["calls_per_s"] else "")
     ]
-    for title, key in (("tool", "tools"), ("provider", "providers")):
+    for title, (key, _) in GROUPINGS.items():
+        if key not in summary:
+            continue
         lines.append("")
         lines.append(
             f"{title:<24}{'calls':>8}{'errors':>8}{'p50 ms':>10}{'p90 ms':>10}"
@@ -174,6 +194,12 @@ def report_main(argv: Sequence[str], log_dir: str) -> int:
     parser.add_argument("files", nargs="*", help="metrics JSONL files (default: the log dir's)")
     parser.add_argument("--since", help="only calls in this last window, e.g. 1h or 30m")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--by",
+        action="append",
+        choices=list(GROUPINGS),
+        help="group calls by this field; repeat for several tables (default: tool, provider)",
+    )
     parser.add_argument("--plot", metavar="PNG", help="draw latency and throughput over time")
     args = parser.parse_args(argv)
     try:
@@ -183,7 +209,7 @@ def report_main(argv: Sequence[str], log_dir: str) -> int:
         return 2
     files = [Path(f) for f in args.files] or default_files(Path(log_dir))
     records = list(read_records(files, since_t))
-    summary = summarize(records)
+    summary = summarize(records, args.by or _DEFAULT_BY)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     if args.plot:
         plot(records, Path(args.plot))

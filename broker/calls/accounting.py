@@ -10,6 +10,7 @@ from collections.abc import Callable
 import msgspec
 
 from broker.calls.call import PendingCall
+from broker.calls.scheduler import SERVER_LANE
 from exai.errors import BrokerError
 
 __all__ = ["CallRecord", "Tally"]
@@ -32,6 +33,8 @@ class CallRecord(msgspec.Struct, frozen=True):
     worker: int | None
     bytes_in: int
     bytes_out: int
+    # The hosted server that served it (None: the daemon's own tools).
+    server: str | None = None
 
 
 class Tally:
@@ -57,7 +60,8 @@ class Tally:
             time.time(),
             call.session.id,
             call.tool,
-            call.provider,
+            # A capped server's lane is the scheduler's business: `server` names it.
+            _provider(call.provider),
             call.model,
             outcome,
             (now - call.received_at) * 1000.0,
@@ -65,6 +69,7 @@ class Tally:
             call.worker.slot if call.worker is not None else None,
             len(call.arguments),
             bytes_out,
+            call.server,
         )
         if outcome == "ok":
             # The common case, without the error bookkeeping.
@@ -95,3 +100,7 @@ class Tally:
             )
         self.calls_total += 1
         self._record(record)
+
+
+def _provider(lane: str | None) -> str | None:
+    return None if lane is not None and lane.startswith(SERVER_LANE) else lane

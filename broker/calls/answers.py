@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from broker.calls.call import PendingCall
-from broker.calls.scheduler import Rejection
+from broker.calls.scheduler import SERVER_LANE, Rejection
 from broker.router.codec import Dialect, FrameCodec
 from broker.router.modern import stamp_result
 from broker.router.ops import Ack, CallToolAck, CallToolRes, ProgressNote, ToolFailure
@@ -180,18 +180,22 @@ _TYPED_CODES = frozenset(ErrorCode)
 
 def over_capacity(rejection: Rejection) -> OverCapacity:
     """Refused at once: a cap the call needs is full (and it may not wait)."""
-    return OverCapacity(
-        rejection.describe(),
-        scope=rejection.scope,
-        provider=rejection.provider,
-        retry_after_ms=rejection.retry_after_ms,
-    )
+    return _full(rejection.describe(), rejection)
 
 
 def queue_wait_expired(rejection: Rejection, waited_s: float) -> OverCapacity:
     """Waited the whole queue timeout without a cap freeing up."""
+    return _full(f"waited {waited_s:g} s in the queue: " + rejection.describe(), rejection)
+
+
+def _full(message: str, rejection: Rejection) -> OverCapacity:
+    if rejection.scope == "server" and rejection.provider is not None:
+        server = rejection.provider.removeprefix(SERVER_LANE)
+        return OverCapacity(
+            message, scope="server", server=server, retry_after_ms=rejection.retry_after_ms
+        )
     return OverCapacity(
-        f"waited {waited_s:g} s in the queue: " + rejection.describe(),
+        message,
         scope=rejection.scope,
         provider=rejection.provider,
         retry_after_ms=rejection.retry_after_ms,

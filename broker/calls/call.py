@@ -40,7 +40,7 @@ import enum
 
 import msgspec
 
-from broker.calls.forwarding import ForwardTarget
+from broker.calls.forwarding import Forwarder, ForwardTarget
 from broker.calls.rounds import Parked
 from broker.calls.scheduler import Lease, Waiter
 from broker.calls.session import Session
@@ -102,6 +102,9 @@ class PendingCall(msgspec.Struct, eq=False):
     # (`tool` is then the label metrics use). None for a call a worker runs.
     method: str | None = None
     params: bytes | None = None
+    # What places a forwarded request (one server of several), and that server's name.
+    forwarder: Forwarder | None = None
+    server: str | None = None
     state: CallState = CallState.RECEIVED
     lease: Lease | None = None
     waiter: Waiter | None = None

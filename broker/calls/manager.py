@@ -41,7 +41,7 @@ from broker.calls.forwarding import Forwarder
 from broker.calls.intake import Intake
 from broker.calls.placement import Placement
 from broker.calls.rounds import Rounds, input_required_result
-from broker.calls.scheduler import Lease, Rejection, Scheduler, Waiter
+from broker.calls.scheduler import Lease, Rejection, Scheduler, Waiter, server_lane
 from broker.calls.session import EVICTED, Session
 from broker.calls.timeline import Timeline
 from broker.pool.supervisor import Supervisor, WorkerHandle
@@ -174,9 +174,13 @@ class CallManager:
         *,
         label: str,
         modern: bool = False,
+        target: Forwarder | None = None,
+        server: str | None = None,
     ) -> None:
-        """Start a request for the hosted server: admitted like a tool call, its params
-        and its answer passed through as they are. `label` names it in metrics."""
+        """Start a request for a hosted server: admitted like a tool call, its params
+        and its answer passed through as they are. `label` names it in metrics, and
+        `server` the hosted server; `target` places it (the daemon's one hosted server
+        when None)."""
         key = bytes(request_id)
         if self._known(session, dialect, request_id, key):
             return
@@ -188,6 +192,8 @@ class CallManager:
                 if method == "tools/call"
                 else None
             )
+            if server is not None and server_lane(server) in self.scheduler.provider_caps:
+                provider = server_lane(server)
         except BrokerError as exc:
             self._refuse(session, dialect, request_id, label, exc)
             return
@@ -208,6 +214,8 @@ class CallManager:
             modern,
             method,
             params,
+            forwarder=target,
+            server=server,
         )
         self._start(call, now)
 
@@ -335,9 +343,10 @@ class CallManager:
 
     def _dispatch_forwarded(self, call: PendingCall) -> None:
         """Send an admitted request to its hosted instance, or hold it while one starts."""
-        assert self.forwarder is not None and call.method is not None
+        forwarder = call.forwarder or self.forwarder
+        assert forwarder is not None and call.method is not None
         try:
-            target = self.forwarder.place(call.session.id)
+            target = forwarder.place(call.session.id)
         except BrokerError as exc:
             if call.state is not _HELD:
                 move(call, _HELD)  # it holds its lease: finishing from HELD gives it back
@@ -509,7 +518,7 @@ class CallManager:
         if parked is None or parked.call.state is _DONE:
             return False
         call = parked.call
-        forwarder = self.forwarder
+        forwarder = call.forwarder or self.forwarder
         assert forwarder is not None
         for key, response in (responses or {}).items():
             forwarder.answer_input(session.id, key, bytes(response))

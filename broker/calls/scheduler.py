@@ -14,9 +14,18 @@ from collections import OrderedDict, deque
 from collections.abc import Mapping
 from typing import Any, Literal
 
-__all__ = ["Lease", "Rejection", "Scheduler", "Scope", "Waiter"]
+__all__ = ["SERVER_LANE", "Lease", "Rejection", "Scheduler", "Scope", "Waiter", "server_lane"]
 
-Scope = Literal["session", "global", "provider"]
+Scope = Literal["session", "global", "provider", "server"]
+
+# A hosted server's cap (`maxInflight`) is kept like a provider's, under this prefix:
+# the same fair queue per lane, the same single lease.
+SERVER_LANE = "server:"
+
+
+def server_lane(server: str) -> str:
+    return SERVER_LANE + server
+
 
 _INITIAL_HOLD_MS = 100.0
 _EWMA_ALPHA = 0.2
@@ -39,6 +48,11 @@ class Rejection:
     retry_after_ms: int
 
     def describe(self) -> str:
+        if self.scope == "server" and self.provider is not None:
+            return (
+                f"server {self.provider.removeprefix(SERVER_LANE)} is at its in-flight limit "
+                "(maxInflight in the servers file)"
+            )
         if self.scope == "provider":
             return f"provider {self.provider} is at its in-flight limit"
         return f"{self.scope} in-flight limit reached"
@@ -86,10 +100,15 @@ class Scheduler:
             return "session"
         cap = self.provider_caps.get(provider) if provider is not None else None
         if cap is not None and provider is not None and self.inflight_by_provider[provider] >= cap:
-            return "provider"
+            return "server" if provider.startswith(SERVER_LANE) else "provider"
         if self.inflight_global >= self.global_cap:
             return "global"
         return None
+
+    def set_cap(self, lane: str, cap: int) -> None:
+        """Add or change a lane's cap (a hosted server's, when the servers file changes)."""
+        self.provider_caps[lane] = cap
+        self.inflight_by_provider.setdefault(lane, 0)
 
     def try_acquire(self, session_id: str, provider: str | None, now: float) -> Lease | Rejection:
         """Take every cap the call needs, or none and say which one is full."""
@@ -193,9 +212,10 @@ class Scheduler:
             "session": self.session_cap,
             "global": self.global_cap,
             "provider": self.provider_caps.get(provider or "", 1),
+            "server": self.provider_caps.get(provider or "", 1),
         }[scope]
         hold_ms = self._hold_ms.get(
-            (provider or "") if scope == "provider" else "", _INITIAL_HOLD_MS
+            (provider or "") if scope in ("provider", "server") else "", _INITIAL_HOLD_MS
         )
         # With `cap` slots each held ~hold_ms, one frees up every hold_ms / cap on average.
         retry_ms = int(min(10_000.0, max(10.0, hold_ms / max(1, cap))))

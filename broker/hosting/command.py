@@ -13,13 +13,25 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
-__all__ = ["HostedCommand", "command_argv", "hosted_command", "server_environment", "server_label"]
+__all__ = [
+    "HostedCommand",
+    "command_argv",
+    "command_argv_of",
+    "hosted_command",
+    "server_environment",
+    "server_label",
+]
 
 _WINDOWS = sys.platform == "win32"
 # Runners whose first argument that is not an option names the server itself.
 _RUNNERS = frozenset({"npx", "uvx", "pipx", "bunx", "python", "python3", "node", "uv", "deno"})
+
+
+class _Runnable(Protocol):
+    @property
+    def command(self) -> tuple[str, ...] | None: ...
 
 
 class HostedCommand(NamedTuple):
@@ -49,6 +61,16 @@ def command_argv(command: str) -> list[str]:
     argv = _split(command)
     if not argv:
         raise ValueError("--server-cmd is empty")
+    found = shutil.which(argv[0])
+    if found is not None:
+        argv[0] = found
+    return argv
+
+
+def command_argv_of(spec: _Runnable) -> list[str]:
+    """The argv of a servers-file entry, its program looked up on PATH as above."""
+    assert spec.command, "a remote server has no command"
+    argv = list(spec.command)
     found = shutil.which(argv[0])
     if found is not None:
         argv[0] = found

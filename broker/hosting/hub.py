@@ -21,9 +21,11 @@ from typing import Any
 import msgspec
 
 from broker.hosting.identity import Presented, present
-from broker.hosting.instance import ClientHello, HandshakeError, HostedInstance, ServerIdentity
+from broker.hosting.instance import ClientHello, HandshakeError, ServerIdentity
+from broker.hosting.instances import Instance
 from broker.hosting.listens import Listen, ListenFilter, Listens, acknowledged
 from broker.hosting.loglevels import LEVELS, LogLevels
+from broker.hosting.routes import Forward, Route
 from broker.hosting.server import HostedServer, NoInstance, ServerState
 from broker.hosting.subscriptions import Subscriptions
 from broker.hosting.traffic import ServerTraffic, SessionLike
@@ -54,6 +56,9 @@ class Hosting:
         argv: list[str],
         *,
         env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        url: str | None = None,
+        headers: dict[str, str] | None = None,
         isolation: Isolation,
         instances: int,
         idle_timeout_s: float,
@@ -77,6 +82,9 @@ class Hosting:
             on_start=self._started,
             client_of=client_of,
             env=env,
+            cwd=cwd,
+            url=url,
+            headers=headers,
             instances=instances,
             isolation=isolation,
             idle_timeout_s=idle_timeout_s,
@@ -109,6 +117,9 @@ class Hosting:
             _no_input_required
         )
         self.presented: Presented = ({}, dict(own_info), None)
+        # Off when the daemon merges this server's tools with others': the merged list
+        # changes only once the new tools are read, and the daemon announces it then.
+        self.forward_tool_changes = True
 
     @property
     def isolation(self) -> Isolation:
@@ -142,7 +153,7 @@ class Hosting:
 
     # --- placing requests ------------------------------------------------------------
 
-    def place(self, session_id: str) -> HostedInstance | None:
+    def place(self, session_id: str) -> Instance | None:
         """The instance to send a session's request to; None while one (re)starts.
         Raises OverCapacity past the session-instance cap, WorkerLost when the server
         failed for good."""
@@ -155,12 +166,17 @@ class Hosting:
                 ) from None
             raise WorkerLost(str(exc), server=self.name) from None
 
-    def instances_for(self, session_id: str) -> list[HostedInstance]:
+    def instances_for(self, session_id: str) -> list[Instance]:
         """The running instances a session's notifications concern."""
         if self.server.isolation is Isolation.SESSION:
             mine = self.server.instance_now(session_id)
             return [mine] if mine is not None else []
         return [i for i in self.server.instances() if i.alive]
+
+    def route(self, session_id: str, method: str, params: bytes | None) -> Route:
+        """Every request the broker does not answer itself goes to this one server, as
+        it is: the server says what it makes of it."""
+        return Forward(None, params, self.name)
 
     # --- what the broker answers for the server --------------------------------------
 
@@ -262,7 +278,7 @@ class Hosting:
 
     # --- from the server -------------------------------------------------------------
 
-    def _event(self, instance: HostedInstance, event: RelayEvent) -> None:
+    def _event(self, instance: Instance, event: RelayEvent) -> None:
         if isinstance(event, Reply):
             self.on_reply(event.handle, event.result, event.error)
         elif isinstance(event, Progress):
@@ -270,6 +286,8 @@ class Hosting:
         elif isinstance(event, Notice):
             if event.method == "notifications/tools/list_changed":
                 self._schedule_refresh()
+                if not self.forward_tool_changes:
+                    return
             self.traffic.handle_notice(instance, event)
         elif isinstance(event, Ask):
             self.traffic.handle_ask(instance, event)
@@ -278,7 +296,7 @@ class Hosting:
                 "%s wrote what is not JSON-RPC (%s): %.200r", self.name, event.why, event.line
             )
 
-    def _exited(self, instance: HostedInstance) -> None:
+    def _exited(self, instance: Instance) -> None:
         code = instance.exited.result() if instance.exited.done() else None
         why = f"the hosted server {self.name!r} exited (code {code}){instance.stderr_hint()}"
         for handle in [h for h in instance.relay.pending() if h >= 0]:
@@ -289,18 +307,16 @@ class Hosting:
             # The new instance knows no subscription: they were the old one's.
             self.subscriptions.forget_server(self.name)
 
-    def _started(self, instance: HostedInstance | None) -> None:
+    def _started(self, instance: Instance | None) -> None:
         if instance is not None and self.levels.lowest() is not None:
             self._tell_level(instance)
         self.on_ready()
 
-    def _divert(
-        self, session_id: str, instance: HostedInstance, key: str, request: bytes
-    ) -> bool | None:
+    def _divert(self, session_id: str, instance: Instance, key: str, request: bytes) -> bool | None:
         handles = [h for h in instance.relay.pending() if h >= 0]
         return self.on_input_required(session_id, handles, key, request)
 
-    def _sessions_in_flight(self, instance: HostedInstance) -> set[str]:
+    def _sessions_in_flight(self, instance: Instance) -> set[str]:
         found = set()
         for handle in instance.relay.pending():
             if handle >= 0:
@@ -311,7 +327,7 @@ class Hosting:
 
     # --- internals -------------------------------------------------------------------
 
-    def _tell_level(self, instance: HostedInstance) -> None:
+    def _tell_level(self, instance: Instance) -> None:
         lowest = self.levels.lowest()
         if lowest is None or "logging" not in self.capabilities:
             return
@@ -342,7 +358,7 @@ class Hosting:
                 break
         self.on_tools(b"[" + b",".join(tools) + b"]")
 
-    async def _quiet_query(self, instance: HostedInstance, method: str, params: bytes) -> None:
+    async def _quiet_query(self, instance: Instance, method: str, params: bytes) -> None:
         with contextlib.suppress(TimeoutError, HandshakeError):
             reply = await instance.query(method, params, QUERY_TIMEOUT_S)
             if reply.error is not None:

@@ -249,6 +249,11 @@ class HostedInstance:
         pipes.exited.add_done_callback(self._fail_queries)
         try:
             reply = await asyncio.wait_for(asyncio.shield(handshake), timeout_s)
+        except asyncio.CancelledError:
+            # Whoever started it gave up (its server was removed, the daemon is
+            # stopping): the process must not outlive that.
+            await self.stop()
+            raise
         except (TimeoutError, HandshakeError):
             await self.stop()
             why = "exited" if pipes.exited.done() else f"did not answer within {timeout_s:g} s"

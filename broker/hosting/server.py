@@ -25,6 +25,8 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from broker.hosting.instance import ClientHello, HandshakeError, HostedInstance, ServerIdentity
+from broker.hosting.instances import Instance
+from broker.hosting.remote import RemoteInstance
 from exai.relay import RelayEvent
 from exai.settings import Isolation
 
@@ -48,7 +50,7 @@ class ServerState(enum.StrEnum):
     STOPPED = "stopped"
 
 
-EventSink = Callable[[HostedInstance, RelayEvent], None]
+EventSink = Callable[[Instance, RelayEvent], None]
 
 
 class NoInstance(RuntimeError):
@@ -68,8 +70,8 @@ class HostedServer:
         argv: Sequence[str],
         *,
         on_event: EventSink,
-        on_exit: Callable[[HostedInstance], None],
-        on_start: Callable[[HostedInstance | None], None] | None = None,
+        on_exit: Callable[[Instance], None],
+        on_start: Callable[[Instance | None], None] | None = None,
         client_of: Callable[[str], ClientHello | None] | None = None,
         instances: int = 1,
         env: Mapping[str, str] | None = None,
@@ -78,9 +80,14 @@ class HostedServer:
         idle_timeout_s: float = 600.0,
         max_instances: int = 16,
         max_line_bytes: int = 33_554_432,
+        url: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
+        # A remote Streamable HTTP server instead of a command: the daemon is its client.
+        self.url = url
+        self.headers = dict(headers or {})
         self.env = env
         self.cwd = cwd
         self.isolation = isolation
@@ -96,12 +103,12 @@ class HostedServer:
         self._on_start = on_start
         self._client_of = client_of
         self._max_line_bytes = max_line_bytes
-        self._shared: list[HostedInstance | None] = [None] * self.shared_instances
+        self._shared: list[Instance | None] = [None] * self.shared_instances
         # Why a session's instance could not be opened, told on its next request.
         self._open_failures: dict[str, str] = {}
-        self._sessions: dict[str, HostedInstance] = {}
+        self._sessions: dict[str, Instance] = {}
         self._last_used: dict[str, float] = {}
-        self._opening: dict[str, asyncio.Future[HostedInstance]] = {}
+        self._opening: dict[str, asyncio.Future[Instance]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._quick_failures = 0
@@ -117,7 +124,7 @@ class HostedServer:
                 *(self._open() for _ in range(self.shared_instances)), return_exceptions=True
             )
             failed = [o for o in opened if isinstance(o, BaseException)]
-            started = [o for o in opened if isinstance(o, HostedInstance)]
+            started = [o for o in opened if isinstance(o, Instance)]
             if failed:
                 await asyncio.gather(*(i.stop() for i in started), return_exceptions=True)
                 raise failed[0]
@@ -145,10 +152,10 @@ class HostedServer:
 
     # --- placement -------------------------------------------------------------------
 
-    def instance_now(self, session_id: str) -> HostedInstance | None:
+    def instance_now(self, session_id: str) -> Instance | None:
         """The instance that serves `session_id` if it is running now."""
         if self.isolation is Isolation.SHARED:
-            best: HostedInstance | None = None
+            best: Instance | None = None
             for shared in self._shared:
                 if (
                     shared is not None
@@ -163,7 +170,7 @@ class HostedServer:
             return instance
         return None
 
-    def place(self, session_id: str) -> HostedInstance | None:
+    def place(self, session_id: str) -> Instance | None:
         """The instance for `session_id` now, or None while one is being (re)started
         for it: `on_start` says when. Raises NoInstance when there will be none."""
         now = self.instance_now(session_id)
@@ -190,7 +197,7 @@ class HostedServer:
             self._spawn(self._open_for(session_id, opening))
         return None
 
-    async def instance_for(self, session_id: str) -> HostedInstance:
+    async def instance_for(self, session_id: str) -> Instance:
         """The instance for `session_id`, started if session isolation needs one.
         Raises NoInstance with a reason the client can read when there is none."""
         now = self.place(session_id)
@@ -201,11 +208,11 @@ class HostedServer:
             raise NoInstance(f"server {self.name!r} is restarting; retry shortly")
         return await asyncio.shield(opening)
 
-    def instances(self) -> list[HostedInstance]:
+    def instances(self) -> list[Instance]:
         found = [i for i in self._shared if i is not None]
         return [*found, *self._sessions.values()]
 
-    def owner_of(self, instance: HostedInstance) -> str | None:
+    def owner_of(self, instance: Instance) -> str | None:
         """The session an instance belongs to (session isolation), else None."""
         for session_id, candidate in self._sessions.items():
             if candidate is instance:
@@ -221,10 +228,22 @@ class HostedServer:
 
     # --- internals -------------------------------------------------------------------
 
-    async def _open(self, session_id: str | None = None) -> HostedInstance:
+    async def _open(self, session_id: str | None = None) -> Instance:
         client = None
         if session_id is not None and self._client_of is not None:
             client = self._client_of(session_id)
+        instance: Instance
+        if self.url is not None:
+            instance = RemoteInstance(
+                self.name,
+                self.url,
+                headers=self.headers,
+                on_event=self._on_event,
+                max_line_bytes=self._max_line_bytes,
+                client=client,
+            )
+            await instance.start(START_TIMEOUT_S)
+            return instance
         instance = HostedInstance(
             self.name,
             self.argv,
@@ -237,7 +256,7 @@ class HostedServer:
         await instance.start(START_TIMEOUT_S)
         return instance
 
-    async def _open_for(self, session_id: str, opening: asyncio.Future[HostedInstance]) -> None:
+    async def _open_for(self, session_id: str, opening: asyncio.Future[Instance]) -> None:
         try:
             instance = await self._open(session_id)
         except HandshakeError as exc:
@@ -257,23 +276,23 @@ class HostedServer:
         opening.set_result(instance)
         self._started(instance)
 
-    def _session_exited(self, session_id: str, instance: HostedInstance) -> None:
+    def _session_exited(self, session_id: str, instance: Instance) -> None:
         if self._sessions.get(session_id) is instance:
             del self._sessions[session_id]
         self._on_exit(instance)
 
-    def _started(self, instance: HostedInstance | None) -> None:
+    def _started(self, instance: Instance | None) -> None:
         """Tell the owner an instance is up (or failed to come up): held requests go."""
         if self._on_start is not None:
             self._on_start(instance)
 
-    def _adopt_shared(self, slot: int, instance: HostedInstance) -> None:
+    def _adopt_shared(self, slot: int, instance: Instance) -> None:
         self._shared[slot] = instance
         started = time.monotonic()
         instance.exited.add_done_callback(lambda _: self._shared_exited(slot, instance, started))
         self._started(instance)
 
-    def _shared_exited(self, slot: int, instance: HostedInstance, started: float) -> None:
+    def _shared_exited(self, slot: int, instance: Instance, started: float) -> None:
         if self._shared[slot] is instance:
             self._shared[slot] = None
         self._on_exit(instance)
@@ -318,6 +337,10 @@ class HostedServer:
         self.state = ServerState.READY
         self._adopt_shared(slot, instance)
         log.info("server %s restarted pid=%s", self.name, instance.pid)
+
+    def fail(self, why: str) -> None:
+        """Mark the server failed (it could not be started): what waits for it fails."""
+        self._mark_failed(why)
 
     def _mark_failed(self, why: str) -> None:
         self.state = ServerState.FAILED

@@ -24,13 +24,14 @@ it goes to a session that has only spoken the op dialect:
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import msgspec
 
-from broker.hosting.instance import HostedInstance
+from broker.hosting.instances import Instance
 from broker.hosting.listens import Listens, stamped
 from broker.hosting.loglevels import LogLevels
 from broker.hosting.subscriptions import Subscriptions
@@ -50,6 +51,9 @@ LIST_CHANGED = frozenset(
 # The JSON-RPC error a server gets when no single client can answer its request.
 _NO_CLIENT = -32603
 ASK_ID_PREFIX = "exai-ask-"
+# One count for every hosted server: a client's answer is matched by its id alone, so
+# two servers' requests to one session must never share an id.
+_ASK_NUMBERS = itertools.count(1)
 
 
 class SessionLike(Protocol):
@@ -67,10 +71,10 @@ class SessionLike(Protocol):
 # (session id, instance, the request's key, `{"method":...,"params":...}`) -> True when
 # it was delivered another way (a 2026-07-28 client's input_required result), False
 # when it cannot be told which of the session's requests it is for, None to send it.
-Divert = Callable[[str, HostedInstance, str, bytes], bool | None]
+Divert = Callable[[str, Instance, str, bytes], bool | None]
 
 
-def _never_divert(session_id: str, instance: HostedInstance, key: str, request: bytes) -> None:
+def _never_divert(session_id: str, instance: Instance, key: str, request: bytes) -> None:
     return None
 
 
@@ -89,8 +93,8 @@ class ServerTraffic:
         self,
         server_name: str,
         *,
-        owner_of: Callable[[HostedInstance], str | None],
-        sessions_in_flight: Callable[[HostedInstance], set[str]],
+        owner_of: Callable[[Instance], str | None],
+        sessions_in_flight: Callable[[Instance], set[str]],
         all_sessions: Callable[[], Iterable[SessionLike]],
         session: Callable[[str], SessionLike | None],
         levels: LogLevels,
@@ -107,14 +111,13 @@ class ServerTraffic:
         self._levels = levels
         self._subscriptions = subscriptions
         self._divert: Divert = divert or _never_divert
-        self._next_ask = 0
         # (session id, the id the client saw) -> (instance, the relay's ask id)
-        self._asks: dict[tuple[str, bytes], tuple[HostedInstance, int]] = {}
+        self._asks: dict[tuple[str, bytes], tuple[Instance, int]] = {}
         self.undelivered = 0
 
     # --- from the server -------------------------------------------------------------
 
-    def handle_notice(self, instance: HostedInstance, notice: Notice) -> None:
+    def handle_notice(self, instance: Instance, notice: Notice) -> None:
         frame = _notification(notice.method, notice.params)
         if notice.method in LIST_CHANGED:
             owner = self._owner_of(instance)
@@ -150,7 +153,7 @@ class ServerTraffic:
                 return
         self._deliver(session_id, frame)
 
-    def handle_ask(self, instance: HostedInstance, ask: Ask) -> None:
+    def handle_ask(self, instance: Instance, ask: Ask) -> None:
         target = self._single_target(instance)
         session = self._session(target) if target is not None else None
         if session is None or session.closed:
@@ -170,8 +173,7 @@ class ServerTraffic:
                 instance, ask, "its client speaks the op dialect, which has no such requests"
             )
             return
-        self._next_ask += 1
-        key = f"{ASK_ID_PREFIX}{self._next_ask}"
+        key = f"{ASK_ID_PREFIX}{next(_ASK_NUMBERS)}"
         client_id = msgspec.json.encode(key)
         request = b'{"method":' + msgspec.json.encode(ask.method)
         request += (b',"params":' + ask.params if ask.params else b"") + b"}"
@@ -183,7 +185,7 @@ class ServerTraffic:
         if diverted is None:
             session.send(b'{"jsonrpc":"2.0","id":' + client_id + b"," + request[1:])
 
-    def _refuse(self, instance: HostedInstance, ask: Ask, why: str) -> None:
+    def _refuse(self, instance: Instance, ask: Ask, why: str) -> None:
         log.warning(
             "%s: refused %s: %s; run servers that sample, elicit or ask for roots "
             "with session isolation (--isolation session)",
@@ -212,13 +214,13 @@ class ServerTraffic:
             instance, ask_id = self._asks.pop(key)
             instance.answer(ask_id, None, _error("the client session ended"))
 
-    def forget_instance(self, instance: HostedInstance) -> None:
+    def forget_instance(self, instance: Instance) -> None:
         for key in [k for k, (i, _) in self._asks.items() if i is instance]:
             del self._asks[key]
 
     # --- internals -------------------------------------------------------------------
 
-    def _single_target(self, instance: HostedInstance) -> str | None:
+    def _single_target(self, instance: Instance) -> str | None:
         owner = self._owner_of(instance)
         if owner is not None:
             return owner

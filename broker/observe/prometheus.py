@@ -79,6 +79,23 @@ class _StateCollector(Collector):
             workers.add_metric([state], count)
         yield workers
         yield restarts
+        servers = GaugeMetricFamily("exai_servers", "Hosted servers by state", labels=["state"])
+        up = GaugeMetricFamily(
+            "exai_server_up", "Hosted server ready (1) or not (0)", labels=["server"]
+        )
+        server_restarts = CounterMetricFamily(
+            "exai_server_restarts", "Hosted server restarts", labels=["server"]
+        )
+        states = {}
+        for server in snap["servers"]:
+            states[server["state"]] = states.get(server["state"], 0) + 1
+            up.add_metric([server["name"]], 1 if server["state"] == "ready" else 0)
+            server_restarts.add_metric([server["name"]], server["restarts"])
+        for state, count in states.items():
+            servers.add_metric([state], count)
+        yield servers
+        yield up
+        yield server_restarts
         yield CounterMetricFamily(
             "exai_metrics_lines_dropped",
             "Metrics JSONL lines dropped",
@@ -150,7 +167,7 @@ class PrometheusMetrics:
         self._calls = Counter(
             "exai_calls",
             "Finished tool calls",
-            ["tool", "provider", "outcome"],
+            ["tool", "provider", "outcome", "server"],
             registry=self.registry,
         )
         self._latency = Histogram(
@@ -170,17 +187,26 @@ class PrometheusMetrics:
         self.registry.register(_StateCollector(snapshot))
         # Children are created on first use, as `labels()` would, so `_created` is the
         # time of the first observation rather than of the first scrape.
-        self._call_batches: dict[tuple[str, str | None, str], _CounterBatch] = {}
+        self._call_batches: dict[tuple[str, str | None, str, str | None], _CounterBatch] = {}
         self._latency_batches: dict[str, _HistogramBatch] = {}
         self._queue_batches: dict[str | None, _HistogramBatch] = {}
 
     def observe(
-        self, tool: str, provider: str | None, outcome: str, latency_ms: float, queue_ms: float
+        self,
+        tool: str,
+        provider: str | None,
+        outcome: str,
+        latency_ms: float,
+        queue_ms: float,
+        server: str | None = None,
     ) -> None:
-        calls = self._call_batches.get((tool, provider, outcome))
+        """One finished call; `server` is the hosted server's name (None: the daemon's
+        own tools, labelled "none")."""
+        key = (tool, provider, outcome, server)
+        calls = self._call_batches.get(key)
         if calls is None:
-            calls = self._call_batches[(tool, provider, outcome)] = _CounterBatch(
-                self._calls.labels(tool, provider or "none", outcome)
+            calls = self._call_batches[key] = _CounterBatch(
+                self._calls.labels(tool, provider or "none", outcome, server or "none")
             )
         calls.pending += 1
         latency = self._latency_batches.get(tool)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 from broker.calls.manager import CallManager
 from broker.calls.scheduler import Scheduler
 from broker.calls.session import SessionRegistry
+from broker.fleet.fleet import Fleet
 from broker.hosting.hub import Hosting
+from broker.observe.by_server import NO_CALLS, ServerLatencies
 from broker.observe.calllog import MetricsWriter
 from broker.observe.health import HealthFile
 from broker.observe.recent import RecentStats
@@ -55,9 +58,13 @@ class Observed(Protocol):
     @property
     def recent(self) -> RecentStats: ...
     @property
+    def by_server(self) -> ServerLatencies: ...
+    @property
     def health(self) -> HealthFile: ...
     @property
-    def hosting(self) -> Hosting | None: ...
+    def hosting(self) -> Hosting | Fleet | None: ...
+    @property
+    def servers_path(self) -> Path | None: ...
 
 
 def take_snapshot(daemon: Observed) -> dict[str, Any]:
@@ -101,7 +108,8 @@ def take_snapshot(daemon: Observed) -> dict[str, Any]:
             }
             for w in daemon.supervisor.workers
         ],
-        "servers": [daemon.hosting.snapshot()] if daemon.hosting is not None else [],
+        "servers": _servers(daemon.hosting, daemon.by_server.snapshot(now)),
+        "servers_file": str(daemon.servers_path) if daemon.servers_path is not None else None,
         "tools": len(calls.catalog.tools),
         "calls_total": calls.calls_total,
         "errors_by_code": dict(calls.errors_by_code),
@@ -114,3 +122,15 @@ def take_snapshot(daemon: Observed) -> dict[str, Any]:
         "health_file_failures": daemon.health.failures,
         "recent": daemon.recent.series(now),
     }
+
+
+def _servers(
+    hosting: Hosting | Fleet | None, figures: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One entry per hosted server, with its call figures (calls, errors, p50/p99)."""
+    if hosting is None:
+        return []
+    shown = hosting.snapshot() if isinstance(hosting, Fleet) else [hosting.snapshot()]
+    for entry in shown:
+        entry.update(figures.get(entry["name"], NO_CALLS))
+    return shown

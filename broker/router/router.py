@@ -6,6 +6,7 @@ here touches aiohttp. A bad frame gets a typed error and never closes the sessio
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import secrets
@@ -16,10 +17,12 @@ import msgspec
 
 from broker.calls.manager import CallManager
 from broker.calls.session import Session, SessionRegistry, canonical_id
+from broker.fleet.fleet import Fleet
 from broker.hosting.hub import Hosting
 from broker.hosting.instance import ClientHello
 from broker.hosting.listens import listen_filter
 from broker.hosting.loglevels import LEVELS
+from broker.hosting.routes import Builtin, Forward, Later
 from broker.router.codec import Dialect, Envelope, FrameCodec
 from broker.router.modern import stamp_result, strip_envelope
 from broker.router.ops import (
@@ -142,11 +145,13 @@ class FrameRouter:
         sessions: SessionRegistry,
         auth: Auth,
         health: Callable[[], dict[str, Any]],
-        hosting: Hosting | None = None,
+        hosting: Hosting | Fleet | None = None,
     ) -> None:
         self.settings = settings
-        # The hosted server every MCP request but the connection's own is forwarded to.
+        # The hosted server (or the servers of a servers file) every MCP request but
+        # the connection's own is forwarded to.
         self.hosting = hosting
+        self._later: set[asyncio.Task[None]] = set()
         self.codec = codec
         self.calls = calls
         self.sessions = sessions
@@ -334,7 +339,7 @@ class FrameRouter:
             self.hosting.notify(session.id, method, params)
 
     def _handle_hosted(
-        self, peer: ClientPeer, session: Session, env: Envelope, hosting: Hosting
+        self, peer: ClientPeer, session: Session, env: Envelope, hosting: Hosting | Fleet
     ) -> None:
         """What the broker answers itself (the connection's own methods, log levels,
         shared subscriptions, answers to server requests); everything else is forwarded."""
@@ -381,17 +386,38 @@ class FrameRouter:
                 # The hosted instance speaks the handshake era: the envelope stays here.
                 params = strip_envelope(params)
             token = meta.progressToken if meta is not None else None
-            self.calls.forward(
-                session,
-                Dialect.MCP,
-                request_id,
-                method,
-                params,
-                token if token is not None and present(token) else None,
-                label=label,
-                modern=modern,
-            )
-            return
+            token = token if token is not None and present(token) else None
+            route = hosting.route(session.id, method, params)
+            if isinstance(route, Forward):
+                self.calls.forward(
+                    session,
+                    Dialect.MCP,
+                    request_id,
+                    method,
+                    route.params,
+                    token,
+                    label=label,
+                    modern=modern,
+                    target=route.target,
+                    server=route.server,
+                )
+                return
+            if isinstance(route, Builtin):
+                call = self.codec.call_params(env.params)
+                self.calls.submit(
+                    session,
+                    Dialect.MCP,
+                    request_id,
+                    call.name,
+                    call.arguments,
+                    token,
+                    modern=modern,
+                )
+                return
+            if isinstance(route, Later):
+                self._answer_later(peer, request_id, method, modern, route, hosting)
+                return
+            local = route.result
         if method == "server/discover":
             modern = True
         if modern:
@@ -399,13 +425,38 @@ class FrameRouter:
             local = stamp_result(local, method, info)
         peer.send(self.codec.result(request_id, local))
 
+    def _answer_later(
+        self,
+        peer: ClientPeer,
+        request_id: msgspec.Raw,
+        method: str,
+        modern: bool,
+        later: Later,
+        hosting: Hosting | Fleet,
+    ) -> None:
+        """A merged list: answered once every server gave its part (or its time ran out)."""
+
+        async def answer() -> None:
+            try:
+                result = await later.result
+            except BrokerError as exc:
+                peer.send(self.codec.error(request_id, exc))
+                return
+            if modern:
+                result = stamp_result(result, method, self.codec.encode(hosting.presented[1]))
+            peer.send(self.codec.result(request_id, result))
+
+        task = asyncio.get_running_loop().create_task(answer())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
     def _listen(
         self,
         peer: ClientPeer,
         session: Session,
         request_id: msgspec.Raw,
         params: bytes | None,
-        hosting: Hosting,
+        hosting: Hosting | Fleet,
     ) -> None:
         """A 2026-07-28 `subscriptions/listen`: acknowledged, then left open (it ends with
         its cancel or the session); its notifications come from the traffic rules."""
@@ -419,7 +470,7 @@ class FrameRouter:
         peer.send(hosting.listen(session.id, canonical_id(bytes(request_id)), wants))
 
     def _hosted_local(
-        self, session: Session, method: str, env: Envelope, hosting: Hosting
+        self, session: Session, method: str, env: Envelope, hosting: Hosting | Fleet
     ) -> bytes | None:
         """The result the broker gives itself for `method`, or None to forward it."""
         capabilities, server_info, instructions = hosting.presented
@@ -470,23 +521,29 @@ class FrameRouter:
                 raise InvalidFrame("call_tool needs a string or integer request_id")
             if not op.name:
                 raise InvalidFrame("call_tool needs the tool's name")
-            if self.hosting is not None:
+            hosting = self.hosting
+            if hosting is not None:
                 params = b'{"name":' + self.codec.encode(op.name)
                 if present(op.arguments):
                     params += b',"arguments":' + op.arguments
-                self.calls.forward(
-                    session,
-                    Dialect.OP,
-                    request_id,
-                    "tools/call",
-                    params + b"}",
-                    request_id,
-                    label=op.name,
-                )
-                return
+                route = hosting.route(session.id, "tools/call", params + b"}")
+                if isinstance(route, Forward):
+                    self.calls.forward(
+                        session,
+                        Dialect.OP,
+                        request_id,
+                        "tools/call",
+                        route.params,
+                        request_id,
+                        label=op.name,
+                        target=route.target,
+                        server=route.server,
+                    )
+                    return
             self.calls.submit(session, Dialect.OP, request_id, op.name, op.arguments, request_id)
         elif isinstance(op, ListToolsOp):
-            tools = msgspec.Raw(self.calls.catalog.tools_json)
+            listed = self.hosting.tools_json if isinstance(self.hosting, Fleet) else None
+            tools = msgspec.Raw(listed or self.calls.catalog.tools_json)
             peer.send(self.codec.encode(ListToolsRes(tools)))
         elif isinstance(op, CancelOp):
             if not present(op.request_id):

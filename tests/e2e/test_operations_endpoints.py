@@ -107,16 +107,12 @@ async def test_metrics_count_calls_by_tool_provider_and_outcome_with_histograms(
             assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             scrape = Metrics(await resp.text())
 
-        assert scrape.value("exai_calls_total", tool="echo", provider="none", outcome="ok") == 3
+        # The daemon's own tools are served by no hosted server: server="none".
+        own = {"provider": "none", "server": "none"}
+        assert scrape.value("exai_calls_total", tool="echo", outcome="ok", **own) == 3
+        assert scrape.value("exai_calls_total", tool="fail", outcome="EXEC_ERROR", **own) == 1
         assert (
-            scrape.value("exai_calls_total", tool="fail", provider="none", outcome="EXEC_ERROR")
-            == 1
-        )
-        assert (
-            scrape.value(
-                "exai_calls_total", tool="(unknown)", provider="none", outcome="TOOL_NOT_FOUND"
-            )
-            == 1
+            scrape.value("exai_calls_total", tool="(unknown)", outcome="TOOL_NOT_FOUND", **own) == 1
         )
         assert sum(v for _, v in scrape.samples("exai_calls_total")) == 5
 

@@ -1,0 +1,141 @@
+"""A remote server in the servers file: a `url` entry the daemon is the HTTP client of.
+
+The remote is the SDK's own Streamable HTTP server (tests/fixtures/remote_http_server)
+on a loopback port, behind a Bearer token the entry's `headers` take from the daemon's
+environment. A client that only has the shim sees its tools beside a stdio server's,
+under the entry's prefix, with progress, log lines and the server's questions routed
+to it, and each metrics line names the server that answered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mcp.types as types
+import pytest
+from mcp.client.session import ClientRequestContext
+
+from tests.conftest import ROOT, DaemonFactory, base_env, mcp_client, wait_for
+from tests.support.jsonrpc import sdk_text
+
+pytestmark = pytest.mark.timeout(120)
+
+TOKEN = "remote-secret"
+COUNTER = [sys.executable, "-m", "tests.fixtures.counter_server"]
+
+
+@pytest.fixture
+def remote_url(tmp_path: Path) -> Iterator[str]:
+    """A running fixture server that wants `Bearer TOKEN`; its /mcp URL."""
+    with open(tmp_path / "remote.stderr", "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fixtures.remote_http_server"],
+            cwd=ROOT,
+            env=base_env(REMOTE_FIXTURE_TOKEN=TOKEN),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def servers_file(path: Path, entries: dict[str, Any]) -> Path:
+    path.write_text(json.dumps({"mcpServers": entries}))
+    return path
+
+
+async def test_a_remote_server_is_shared_beside_a_stdio_one(
+    daemon_factory: DaemonFactory, remote_url: str, tmp_path: Path
+) -> None:
+    config = servers_file(
+        tmp_path / "servers.json",
+        {
+            "docs": {"url": remote_url, "headers": {"Authorization": "Bearer ${REMOTE_TOKEN}"}},
+            "counter": {"command": COUNTER[0], "args": COUNTER[1:], "cwd": str(ROOT)},
+        },
+    )
+    daemon = daemon_factory(workers=1, args=["--config", str(config)], env={"REMOTE_TOKEN": TOKEN})
+    progress: list[float] = []
+    logs: list[str] = []
+    questions: list[str] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(str(params.data))
+
+    async def on_elicitation(
+        context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult:
+        questions.append(params.message)
+        return types.ElicitResult(action="accept", content={"answer": "forty-two"})
+
+    async with mcp_client(
+        daemon.shim_env(), elicitation_callback=on_elicitation, logging_callback=on_log
+    ) as session:
+        listed = {t.name for t in (await session.list_tools()).tools}
+        echoed = await session.call_tool("docs__echo", {"text": "over http"})
+        slow = await session.call_tool(
+            "docs__slow", {"seconds": 0.2, "steps": 3}, progress_callback=on_progress
+        )
+        answer = await session.call_tool("docs__ask", {"question": "the answer?"})
+        counted = await session.call_tool("counter__increment", {})
+
+    assert {"docs__echo", "docs__slow", "docs__ask", "counter__increment", "version"} <= listed
+    assert sdk_text(echoed) == "over http"
+    assert not slow.is_error, sdk_text(slow)
+    assert progress, "progress from the remote server reaches the client"
+    assert logs, "the remote server's log line reaches the client with the call in flight"
+    assert questions == ["the answer?"]
+    assert sdk_text(answer) == "forty-two"
+    assert sdk_text(counted) == "1"
+    lines = wait_for(
+        lambda: [m for m in daemon.metrics_lines() if m.get("server") in ("docs", "counter")],
+        30,
+        "metrics lines naming the servers",
+    )
+    servers = {m["tool"]: m["server"] for m in lines}
+    assert servers.get("docs__echo") == "docs"
+    assert servers.get("counter__increment") == "counter"
+
+
+async def test_a_remote_that_refuses_the_token_is_failed_and_the_rest_serve(
+    daemon_factory: DaemonFactory, remote_url: str, tmp_path: Path
+) -> None:
+    config = servers_file(
+        tmp_path / "servers.json",
+        {
+            "docs": {"url": remote_url, "headers": {"Authorization": "Bearer wrong"}},
+            "counter": {"command": COUNTER[0], "args": COUNTER[1:], "cwd": str(ROOT)},
+        },
+    )
+    daemon = daemon_factory(workers=1, args=["--config", str(config)])
+
+    def docs_failed() -> dict[str, Any] | None:
+        servers = {s["name"]: s for s in daemon.health().get("servers", [])}
+        docs = servers.get("docs")
+        return docs if docs is not None and docs["state"] == "failed" else None
+
+    docs = wait_for(docs_failed, 60, "the remote marked failed")
+    assert "401" in (docs.get("failure") or "")
+    async with mcp_client(daemon.shim_env()) as session:
+        listed = {t.name for t in (await session.list_tools()).tools}
+        counted = await session.call_tool("counter__increment", {})
+    assert "counter__increment" in listed
+    assert not any(name.startswith("docs__") for name in listed)
+    assert sdk_text(counted) == "1"
