@@ -17,8 +17,12 @@ import sys
 
 __all__ = ["MMAP_THRESHOLD_BYTES", "return_big_frees", "trim"]
 
-# glibc's mallopt parameter number for M_MMAP_THRESHOLD.
+# glibc's mallopt parameter numbers for M_MMAP_THRESHOLD and M_ARENA_MAX.
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+# The daemon's threads (file writes, DNS) are few and short: each would otherwise get
+# an arena of its own whose freed pages stay mapped.
+ARENAS = 2
 # Its default starting value: buffers this big or bigger are mapped, and unmapped on free.
 MMAP_THRESHOLD_BYTES = 128 * 1024
 
@@ -48,10 +52,12 @@ def trim() -> bool:
 
 
 def return_big_frees() -> bool:
-    """Fix glibc's mmap threshold (turning off its growth); True when it took effect."""
+    """Fix glibc's mmap threshold (turning off its growth) and cap its arenas; True
+    when the threshold took effect."""
     mallopt = getattr(_glibc(), "mallopt", None)
     if mallopt is None:
         return False  # not glibc
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
+    mallopt(_M_ARENA_MAX, ARENAS)
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
