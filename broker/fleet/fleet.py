@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from broker.calls.catalog import Catalog
-from broker.fleet.config import ServersConfig, ServerSpec, changed_servers
+from broker.fleet.config import SEPARATOR, ServersConfig, ServerSpec, changed_servers
 from broker.fleet.listings import Listings
 from broker.fleet.member import Member, ToolEntry
 from broker.hosting.hub import Hosting
@@ -296,10 +296,12 @@ class Fleet:
         return Forward(member, _renamed_params(params, "name", own), member.name)
 
     def _by_prefix(self, exposed: str) -> tuple[Member | None, str]:
+        """The prefixed server a name is under, and the server's own name for it (the
+        allow and deny lists are for tools: the caller applies them)."""
         for member in self.members.values():
-            own = member.spec.own_name(exposed)
-            if own is not None and member.spec.prefix:
-                return member, own
+            head = member.spec.prefix + SEPARATOR
+            if member.spec.prefix and exposed.startswith(head) and len(exposed) > len(head):
+                return member, exposed[len(head) :]
         return None, exposed
 
     def _route_named(self, params: bytes | None, key: str, feature: str) -> Route:

@@ -22,7 +22,7 @@ import mcp.types as types
 import pytest
 from mcp.client.session import ClientRequestContext
 
-from tests.conftest import ROOT, DaemonFactory, base_env, mcp_client, wait_for
+from tests.conftest import ROOT, DaemonFactory, DaemonProcess, base_env, mcp_client, wait_for
 from tests.support.jsonrpc import sdk_text
 
 pytestmark = pytest.mark.timeout(120)
@@ -53,6 +53,22 @@ def remote_url(tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
+def servers(daemon: DaemonProcess) -> dict[str, dict[str, Any]]:
+    """The health snapshot's servers by name ({} while the file is being rewritten)."""
+    try:
+        return {s["name"]: s for s in daemon.health().get("servers", [])}
+    except (OSError, ValueError):
+        return {}
+
+
+def all_ready(daemon: DaemonProcess, *names: str) -> None:
+    wait_for(
+        lambda: all(servers(daemon).get(n, {}).get("state") == "ready" for n in names),
+        60,
+        f"servers {names} ready",
+    )
+
+
 def servers_file(path: Path, entries: dict[str, Any]) -> Path:
     path.write_text(json.dumps({"mcpServers": entries}))
     return path
@@ -69,6 +85,7 @@ async def test_a_remote_server_is_shared_beside_a_stdio_one(
         },
     )
     daemon = daemon_factory(workers=1, args=["--config", str(config)], env={"REMOTE_TOKEN": TOKEN})
+    all_ready(daemon, "docs", "counter")
     progress: list[float] = []
     logs: list[str] = []
     questions: list[str] = []
@@ -126,12 +143,14 @@ async def test_a_remote_that_refuses_the_token_is_failed_and_the_rest_serve(
     )
     daemon = daemon_factory(workers=1, args=["--config", str(config)])
 
-    def docs_failed() -> dict[str, Any] | None:
-        servers = {s["name"]: s for s in daemon.health().get("servers", [])}
-        docs = servers.get("docs")
-        return docs if docs is not None and docs["state"] == "failed" else None
+    def settled() -> dict[str, Any] | None:
+        found = servers(daemon)
+        docs, counter = found.get("docs"), found.get("counter")
+        if docs is None or counter is None or counter["state"] != "ready":
+            return None
+        return docs if docs["state"] == "failed" else None
 
-    docs = wait_for(docs_failed, 60, "the remote marked failed")
+    docs = wait_for(settled, 60, "the remote marked failed, the counter ready")
     assert "401" in (docs.get("failure") or "")
     async with mcp_client(daemon.shim_env()) as session:
         listed = {t.name for t in (await session.list_tools()).tools}
