@@ -1,0 +1,120 @@
+"""How a servers file's `exai` options share a server: one instance per session, a cap
+on what runs at once, and the same daemon over Streamable HTTP with no shim.
+
+The counter fixture keeps a count per process, so the counts a client sees say which
+instance served it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import MCPError
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.conftest import ROOT, DaemonFactory, DaemonProcess, mcp_client, wait_for
+from tests.support.jsonrpc import sdk_text
+
+pytestmark = pytest.mark.timeout(120)
+
+COUNTER = {"command": sys.executable, "args": ["-m", "tests.fixtures.counter_server"]}
+OVER_CAPACITY_RPC = -32050
+
+
+def start(
+    factory: DaemonFactory, tmp_path: Path, entries: dict[str, Any], **env: str
+) -> DaemonProcess:
+    config = tmp_path / "servers.json"
+    config.write_text(json.dumps({"mcpServers": entries}))
+    daemon = factory(workers=1, args=["--config", str(config)], env=env)
+    wait_for(lambda: _all_ready(daemon), 60, "every server ready")
+    return daemon
+
+
+def _all_ready(daemon: DaemonProcess) -> bool:
+    try:
+        found = daemon.health().get("servers", [])
+    except (OSError, ValueError):
+        return False
+    return bool(found) and all(s["state"] == "ready" for s in found)
+
+
+async def test_session_isolation_gives_each_client_its_own_instance(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    daemon = start(
+        daemon_factory,
+        tmp_path,
+        {
+            "mine": {**COUNTER, "cwd": str(ROOT), "exai": {"isolation": "session"}},
+            "ours": {**COUNTER, "cwd": str(ROOT)},
+        },
+    )
+    async with (
+        mcp_client(daemon.shim_env()) as first,
+        mcp_client(daemon.shim_env()) as second,
+    ):
+        mine = [await s.call_tool("mine__increment", {}) for s in (first, second, first)]
+        ours = [await s.call_tool("ours__increment", {}) for s in (first, second, first)]
+        pids = {sdk_text(await s.call_tool("mine__pid", {})) for s in (first, second)}
+    assert [sdk_text(r) for r in mine] == ["1", "1", "2"], "one instance per session"
+    assert [sdk_text(r) for r in ours] == ["1", "2", "3"], "one instance for everyone"
+    assert len(pids) == 2
+
+
+async def test_max_inflight_caps_a_server_and_no_other(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """With queueing off, a second call while `maxInflight: 1` is taken is refused with
+    OVER_CAPACITY naming the server; another server's call goes through meanwhile."""
+    daemon = start(
+        daemon_factory,
+        tmp_path,
+        {
+            "narrow": {**COUNTER, "cwd": str(ROOT), "exai": {"maxInflight": 1}},
+            "wide": {**COUNTER, "cwd": str(ROOT)},
+        },
+        EXAI_WS_MCP_QUEUE_TIMEOUT="0",
+    )
+    async with mcp_client(daemon.shim_env()) as session:
+        slow = asyncio.ensure_future(session.call_tool("narrow__slow", {"seconds": 3}))
+        await asyncio.sleep(0.5)
+        try:
+            await session.call_tool("narrow__increment", {})
+        except MCPError as exc:
+            refused = exc.error
+        else:
+            raise AssertionError("a second call over maxInflight was not refused")
+        other = await session.call_tool("wide__increment", {})
+        finished = await slow
+    assert refused.code == OVER_CAPACITY_RPC, refused
+    assert isinstance(refused.data, dict)
+    assert refused.data.get("scope") == "server"
+    assert refused.data.get("server") == "narrow"
+    assert sdk_text(other) == "1"
+    assert not finished.is_error, sdk_text(finished)
+
+
+async def test_a_servers_file_over_streamable_http(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """A client with no shim, on /mcp, sees the same merged listing and reaches a server."""
+    daemon = start(daemon_factory, tmp_path, {"counter": {**COUNTER, "cwd": str(ROOT)}})
+    url = f"http://127.0.0.1:{daemon.port}/mcp"
+    with anyio.fail_after(60):
+        async with (
+            streamable_http_client(url) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            names = {t.name for t in (await session.list_tools()).tools}
+            counted = await session.call_tool("counter__increment", {})
+    assert {"version", "counter__increment", "counter__slow"} <= names
+    assert sdk_text(counted) == "1"
