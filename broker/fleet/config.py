@@ -155,7 +155,16 @@ def load_servers(
         raise ConfigError(f"{path}: cannot read the servers file: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    return parse_servers(text, source=str(path), environ=environ)
+    config = parse_servers(text, source=str(path), environ=environ)
+    # A relative cwd means one next to the file, wherever the daemon was started.
+    base = Path(path).expanduser().resolve().parent
+    servers = {
+        name: dataclasses.replace(spec, cwd=str(base / Path(spec.cwd).expanduser()))
+        if spec.cwd is not None and not Path(spec.cwd).expanduser().is_absolute()
+        else spec
+        for name, spec in config.servers.items()
+    }
+    return dataclasses.replace(config, servers=servers)
 
 
 def parse_servers(

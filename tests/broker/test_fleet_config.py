@@ -559,3 +559,15 @@ def test_the_default_path_follows_each_platforms_convention() -> None:
     assert default_config_path({"USERPROFILE": "/c/ann"}, "win32") == Path(
         "/c/ann/AppData/Roaming/exai-broker/servers.json"
     )
+
+
+def test_a_relative_cwd_is_next_to_the_servers_file(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "servers.json"
+    path.parent.mkdir()
+    path.write_text(
+        '{"mcpServers": {"a": {"command": "x", "cwd": "work"},'
+        ' "b": {"command": "y", "cwd": "/abs/dir"}}}'
+    )
+    servers = load_servers(path, environ={}).servers
+    assert servers["a"].cwd == str((tmp_path / "conf" / "work").resolve())
+    assert servers["b"].cwd == "/abs/dir"
