@@ -236,7 +236,10 @@ class FrameRouter:
             # One connection per session: the newest wins (the old one is likely dead).
             previous.close(CLOSE_TAKEN_OVER, "session taken over by a new connection")
         peer.session = session
-        server = ServerSummary(SERVER_NAME, __version__, len(self.calls.catalog.tools))
+        tools = len(self.calls.catalog.tools)
+        if isinstance(self.hosting, Fleet):
+            tools += self.hosting.tool_count()
+        server = ServerSummary(SERVER_NAME, __version__, tools)
         peer.send(self.codec.encode(HelloAck(True, session.id, resumed, server)))
         for frame in held:
             peer.send(frame)
