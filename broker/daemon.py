@@ -58,7 +58,7 @@ from exai.errors import DAEMON_SHUTDOWN_CAUSE, BrokerError, WorkerLost
 from exai.exits import ExitCode
 from exai.memory import trim
 from exai.net import ws_url
-from exai.settings import Settings, worker_overrides
+from exai.settings import Isolation, Settings, worker_overrides
 
 __all__ = ["Daemon", "serve"]
 
@@ -395,7 +395,7 @@ class Daemon:
     def _hosting(
         self, settings: Settings, hosted: HostedCommand, environ: Mapping[str, str]
     ) -> Hosting:
-        return Hosting(
+        return self._new_hosting(
             hosted.label,
             hosted.argv,
             env=server_environment(environ),
@@ -403,14 +403,6 @@ class Daemon:
             # Under `--workers N` the shared server runs N instances, as it did when each
             # worker hosted one: the least busy takes each request.
             instances=settings.workers,
-            idle_timeout_s=settings.session_idle_timeout_s,
-            max_instances=settings.session_instances_max,
-            max_line_bytes=settings.max_frame_bytes,
-            session=self.sessions.sessions.get,
-            all_sessions=lambda: list(self.sessions.sessions.values()),
-            session_of_call=self._session_of_call,
-            own_info=SERVER_INFO,
-            client_of=self._client_of,
         )
 
     def _connect_hosting(self, hosting: Hosting) -> None:
@@ -439,26 +431,29 @@ class Daemon:
             listings=Listings(log_dir / LISTINGS_FILE),
         )
 
-    def _member_hosting(self, spec: ServerSpec) -> Hosting:
-        """The hosting of one server of the servers file, wired to the call manager."""
+    def _new_hosting(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        isolation: Isolation,
+        instances: int,
+        cwd: str | None = None,
+        url: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Hosting:
+        """A Hosting with the daemon's own limits and callbacks."""
         settings = self.settings
-        lane = server_lane(spec.name)
-        if spec.max_inflight is not None:
-            self.scheduler.set_cap(lane, spec.max_inflight)
-        elif lane in self.scheduler.provider_caps:
-            # The edit lifted the cap; calls in flight still give their slot back to it.
-            self.scheduler.set_cap(lane, UNCAPPED)
-        env = server_environment(self._environ)
-        env.update(spec.env)
-        hosting = Hosting(
-            spec.name,
-            command_argv_of(spec) if spec.command else [],
+        return Hosting(
+            name,
+            argv,
             env=env,
-            cwd=spec.cwd,
-            url=spec.url,
-            headers=dict(spec.headers),
-            isolation=spec.isolation,
-            instances=spec.instances,
+            cwd=cwd,
+            url=url,
+            headers=headers,
+            isolation=isolation,
+            instances=instances,
             idle_timeout_s=settings.session_idle_timeout_s,
             max_instances=settings.session_instances_max,
             max_line_bytes=settings.max_frame_bytes,
@@ -467,6 +462,27 @@ class Daemon:
             session_of_call=self._session_of_call,
             own_info=SERVER_INFO,
             client_of=self._client_of,
+        )
+
+    def _member_hosting(self, spec: ServerSpec) -> Hosting:
+        """The hosting of one server of the servers file, wired to the call manager."""
+        lane = server_lane(spec.name)
+        if spec.max_inflight is not None:
+            self.scheduler.set_cap(lane, spec.max_inflight)
+        elif lane in self.scheduler.provider_caps:
+            # The edit lifted the cap; calls in flight still give their slot back to it.
+            self.scheduler.set_cap(lane, UNCAPPED)
+        env = server_environment(self._environ)
+        env.update(spec.env)
+        hosting = self._new_hosting(
+            spec.name,
+            command_argv_of(spec) if spec.command else [],
+            env=env,
+            cwd=spec.cwd,
+            url=spec.url,
+            headers=dict(spec.headers),
+            isolation=spec.isolation,
+            instances=spec.instances,
         )
         self._connect_hosting(hosting)
         return hosting

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from broker.hosting.own_requests import HANDSHAKE, OwnRequests, initialize_params
 from exai import __version__
 from exai.coalesce import WriteCoalescer
 from exai.errors import ResultTooLarge
@@ -47,9 +48,6 @@ CLIENT_INFO_JSON = msgspec.json.encode({"name": "exai-broker", "version": __vers
 STDERR_TAIL_LINES = 40
 # What is kept of a line over the limit: enough to find the id of the request it answers.
 _LONG_LINE_HEAD = 4096
-# Requests the instance makes for itself use negative handles: never a call's.
-_HANDSHAKE = -1
-_FIRST_QUERY = -2
 _POSIX = sys.platform != "win32"
 
 
@@ -204,9 +202,7 @@ class HostedInstance:
         self._pipes: _Pipes | None = None
         self._loop = asyncio.get_running_loop()
         self._writes = WriteCoalescer(self._loop, self._write_now)
-        self._handshake: asyncio.Future[Reply] | None = None
-        self._queries: dict[int, asyncio.Future[Reply]] = {}
-        self._next_query = _FIRST_QUERY
+        self._own = OwnRequests(self.relay, self._loop)
 
     # --- life ------------------------------------------------------------------------
 
@@ -227,19 +223,10 @@ class HostedInstance:
         except OSError as exc:
             raise HandshakeError(f"cannot start {self.argv[0]!r}: {exc}") from exc
         self._pipes = pipes
-        self._handshake = self._loop.create_future()
+        handshake = self._own.begin_handshake()
         client = self.client
-        params = (
-            b'{"protocolVersion":'
-            + msgspec.json.encode(client.protocol_version)
-            + b',"capabilities":'
-            + client.capabilities
-            + b',"clientInfo":'
-            + client.client_info
-            + b"}"
-        )
-        self._write(self.relay.request(_HANDSHAKE, "initialize", params))
-        handshake = self._handshake
+        params = initialize_params(client.protocol_version, client.capabilities, client.client_info)
+        self._write(self.relay.request(HANDSHAKE, "initialize", params))
 
         def fail_handshake(_: object) -> None:
             if not handshake.done():
@@ -273,10 +260,7 @@ class HostedInstance:
         return self.identity
 
     def _fail_queries(self, _: object) -> None:
-        queries, self._queries = self._queries, {}
-        for waiter in queries.values():
-            if not waiter.done():
-                waiter.set_exception(HandshakeError(f"{self.name} exited"))
+        self._own.fail_queries(HandshakeError(f"{self.name} exited"))
 
     @property
     def exited(self) -> asyncio.Future[int | None]:
@@ -322,16 +306,7 @@ class HostedInstance:
     async def query(self, method: str, params: bytes | None, timeout_s: float) -> Reply:
         """A request of the broker's own (the tool list, a log level): its reply.
         Raises TimeoutError, or HandshakeError when the server exits first."""
-        handle = self._next_query
-        self._next_query -= 1
-        reply: asyncio.Future[Reply] = self._loop.create_future()
-        self._queries[handle] = reply
-        self.request(handle, method, params, None)
-        try:
-            return await asyncio.wait_for(asyncio.shield(reply), timeout_s)
-        finally:
-            if self._queries.pop(handle, None) is not None:
-                self.relay.forget(handle)
+        return await self._own.query(self.request, method, params, timeout_s)
 
     @property
     def load(self) -> int:
@@ -363,15 +338,8 @@ class HostedInstance:
             self._dispatch(event)
 
     def _dispatch(self, event: RelayEvent) -> None:
-        if isinstance(event, Reply) and event.handle < 0:
-            if event.handle == _HANDSHAKE:
-                waiter = self._handshake
-            else:
-                waiter = self._queries.pop(event.handle, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(event)
-            return
-        self._on_event(self, event)
+        if not self._own.resolve(event):
+            self._on_event(self, event)
 
     def _write(self, line: bytes) -> None:
         if self.alive:

@@ -33,6 +33,7 @@ import aiohttp
 import msgspec
 
 from broker.hosting.instance import ClientHello, HandshakeError, ServerIdentity
+from broker.hosting.own_requests import HANDSHAKE, OwnRequests, initialize_params
 from broker.hosting.sse_reader import SseParser
 from exai.errors import BrokerError, ResultTooLarge, WorkerLost
 from exai.relay import Relay, RelayEvent, Reply
@@ -47,8 +48,6 @@ DELETE_TIMEOUT_S = 2.0
 # Reconnections in a row that bring no event before a stream is given up.
 RESUME_ATTEMPTS = 3
 _LONG_LINE_HEAD = 4096
-_HANDSHAKE = -1
-_FIRST_QUERY = -2
 _ACCEPT_BOTH = "application/json, text/event-stream"
 
 
@@ -116,9 +115,7 @@ class RemoteInstance:
         self._stopping = False
         self._exited: asyncio.Future[int | None] = self._loop.create_future()
         self._exited.add_done_callback(self._fail_waiters)
-        self._handshake: asyncio.Future[Reply] | None = None
-        self._queries: dict[int, asyncio.Future[Reply]] = {}
-        self._next_query = _FIRST_QUERY
+        self._own = OwnRequests(self.relay, self._loop)
         self._exchanges: dict[int, _Exchange] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -131,19 +128,10 @@ class RemoteInstance:
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS), timeout=self._timeout
         )
-        handshake: asyncio.Future[Reply] = self._loop.create_future()
-        self._handshake = handshake
+        handshake = self._own.begin_handshake()
         client = self.client
-        params = (
-            b'{"protocolVersion":'
-            + msgspec.json.encode(client.protocol_version)
-            + b',"capabilities":'
-            + client.capabilities
-            + b',"clientInfo":'
-            + client.client_info
-            + b"}"
-        )
-        self.request(_HANDSHAKE, "initialize", params, None)
+        params = initialize_params(client.protocol_version, client.capabilities, client.client_info)
+        self.request(HANDSHAKE, "initialize", params, None)
         failure: str | None = None
         try:
             reply = await asyncio.wait_for(asyncio.shield(handshake), timeout_s)
@@ -155,7 +143,7 @@ class RemoteInstance:
         except HandshakeError as exc:
             failure = f"failed: {exc}"
         finally:
-            self._handshake = None
+            self._own.handshake = None
         if failure is None:
             failure = self._understand(reply)
         if failure is None:
@@ -256,13 +244,10 @@ class RemoteInstance:
             await self._http.close()
 
     def _fail_waiters(self, _: object) -> None:
-        why = f"{self.name} exited{self.stderr_hint()}"
-        queries, self._queries = self._queries, {}
-        for waiter in queries.values():
-            if not waiter.done():
-                waiter.set_exception(HandshakeError(why))
-        if self._handshake is not None and not self._handshake.done():
-            self._handshake.set_exception(HandshakeError(self._failure or "stopped"))
+        self._own.fail_queries(HandshakeError(f"{self.name} exited{self.stderr_hint()}"))
+        handshake = self._own.handshake
+        if handshake is not None and not handshake.done():
+            handshake.set_exception(HandshakeError(self._failure or "stopped"))
 
     # --- traffic ---------------------------------------------------------------------
 
@@ -287,16 +272,7 @@ class RemoteInstance:
         lost first."""
         if not self.alive:
             raise HandshakeError(f"{self.name} is not running{self.stderr_hint()}")
-        handle = self._next_query
-        self._next_query -= 1
-        reply: asyncio.Future[Reply] = self._loop.create_future()
-        self._queries[handle] = reply
-        self.request(handle, method, params, None)
-        try:
-            return await asyncio.wait_for(asyncio.shield(reply), timeout_s)
-        finally:
-            if self._queries.pop(handle, None) is not None:
-                self.relay.forget(handle)
+        return await self._own.query(self.request, method, params, timeout_s)
 
     @property
     def load(self) -> int:
@@ -345,7 +321,7 @@ class RemoteInstance:
             try:
                 async with self._call("POST", body=line) as resp:
                     opened.set_result(None)
-                    if handle == _HANDSHAKE:
+                    if handle == HANDSHAKE:
                         self._session_id = resp.headers.get("Mcp-Session-Id")
                     self._check(resp)
                     if resp.content_type == "text/event-stream":
@@ -524,7 +500,7 @@ class RemoteInstance:
         if handle < 0:
             # The broker's own requests raise, like a lost stdio server's.
             self.relay.forget(handle)
-            waiter = self._handshake if handle == _HANDSHAKE else self._queries.pop(handle, None)
+            waiter = self._own.waiter(handle)
             if waiter is not None and not waiter.done():
                 waiter.set_exception(HandshakeError(why))
             return
@@ -545,15 +521,8 @@ class RemoteInstance:
             self._dispatch(event)
 
     def _dispatch(self, event: RelayEvent) -> None:
-        if isinstance(event, Reply) and event.handle < 0:
-            if event.handle == _HANDSHAKE:
-                waiter = self._handshake
-            else:
-                waiter = self._queries.pop(event.handle, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(event)
-            return
-        self._on_event(self, event)
+        if not self._own.resolve(event):
+            self._on_event(self, event)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self._loop.create_task(coro)
