@@ -121,12 +121,13 @@ async def test_a_remote_server_is_shared_beside_a_stdio_one(
     assert questions == ["the answer?"]
     assert sdk_text(answer) == "forty-two"
     assert sdk_text(counted) == "1"
-    lines = wait_for(
-        lambda: [m for m in daemon.metrics_lines() if m.get("server") in ("docs", "counter")],
-        30,
-        "metrics lines naming the servers",
-    )
-    servers = {m["tool"]: m["server"] for m in lines}
+
+    def named() -> dict[str, str] | None:
+        found = {m["tool"]: m.get("server") for m in daemon.metrics_lines()}
+        wanted = ("docs__echo", "counter__increment")
+        return found if all(tool in found for tool in wanted) else None
+
+    servers = wait_for(named, 30, "the metrics lines of both servers' calls")
     assert servers.get("docs__echo") == "docs"
     assert servers.get("counter__increment") == "counter"
 

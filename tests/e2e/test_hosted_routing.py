@@ -343,7 +343,11 @@ async def test_every_forwarded_request_counts_against_the_caps(
     resources/read is refused OVER_CAPACITY like a second tool call would be (B is
     not affected), and the read shows up in the metrics when it does run."""
     daemon = full_daemon(
-        daemon_factory, "shared", EXAI_WS_SESSION_MAX_INFLIGHT="1", EXAI_WS_QUEUE_TIMEOUT="0"
+        daemon_factory,
+        "shared",
+        EXAI_WS_SESSION_MAX_INFLIGHT="1",
+        EXAI_WS_QUEUE_TIMEOUT="0",
+        EXAI_WS_MCP_QUEUE_TIMEOUT="0",
     )
     async with clients(daemon, "a", "b") as (a, b):
         busy_id, _ = await busy(a)
@@ -403,6 +407,7 @@ async def test_model_tools_of_a_hosted_server_count_against_their_provider(
         EXAI_MODEL_TOOLS="slow",
         EXAI_WS_GLM_MAX_INFLIGHT="1",
         EXAI_WS_QUEUE_TIMEOUT="0",
+        EXAI_WS_MCP_QUEUE_TIMEOUT="0",
     )
     async with clients(daemon, "a", "b") as (a, b):
         busy_id, _ = await a.start_call("slow", {"seconds": BUSY_S, "model": "glm-4.5"})
