@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
+    ROOT,
     DaemonProcess,
     async_wait_for,
     free_port,
@@ -313,3 +315,49 @@ async def test_two_brokers_share_one_provider_cap(tmp_path: Path) -> None:
 
             await async_wait_for(slot_free, STEP_S, "the dead broker's lease to expire")
             orphaned.cancel()
+
+
+# --- a servers file beside the Ray pool ----------------------------------------------
+
+
+async def test_a_servers_file_is_served_beside_the_ray_pool(tmp_path: Path) -> None:
+    """`--pool ray --config F`: the pool's tools run on Ray actors, the file's stdio
+    server is hosted by the daemon, and one client sees and calls both."""
+    config = tmp_path / "servers.json"
+    config.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "counter": {
+                        "command": sys.executable,
+                        "args": ["-m", "tests.fixtures.counter_server"],
+                        "cwd": str(ROOT),
+                    }
+                }
+            }
+        )
+    )
+    root = tmp_path / "broker"
+    root.mkdir()
+    daemon = start_daemon(
+        root,
+        workers=1,
+        env=ray_env(ray_home(root)),
+        args=[*SERVER_ARGS, "--pool", "ray", "--config", str(config)],
+    )
+    try:
+        await health_until(
+            daemon,
+            lambda h: any(s["state"] == "ready" for s in h.get("servers", [])),
+            "the counter ready",
+            timeout_s=scaled(STEP_S),
+        )
+        async with mcp_client(daemon.shim_env()) as session:
+            names = {t.name for t in (await session.list_tools()).tools}
+            counted = await session.call_tool("counter__increment", {})
+            version = await session.call_tool("version", {})
+        assert {"counter__increment", "version"} <= names
+        assert not counted.is_error and counted.content[0].text == "1"  # type: ignore[union-attr]
+        assert not version.is_error
+    finally:
+        _stop(daemon)
