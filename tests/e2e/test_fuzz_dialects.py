@@ -50,7 +50,7 @@ from tests.fixtures import hostile_stdio_server, hostile_tools
 
 FRAMES_PER_DIALECT = 10_000
 REQUESTS_PER_ENDPOINT = 10_000
-ENDPOINTS = ("/", "/ws", "/health", "/metrics")
+ENDPOINTS = ("/", "/ws", "/health", "/metrics", "/mcp")
 BATCH = (40, 60)  # frames per Hypothesis example
 ANSWER_DEADLINE_S = 15.0  # for one frame's answers, or a call's
 ERROR_CODES = frozenset(str(c) for c in ErrorCode)
@@ -1057,15 +1057,41 @@ AUTHS = st.sampled_from(
 WS_KEYS = st.sampled_from([b"dGhlIHNhbXBsZSBub25jZQ==", b"short", b"", b"!!!!!!!!!!!!!!!!!!!!!!!="])
 HEADER_NAMES = st.sampled_from(
     [b"Accept", b"Cookie", b"X-Forwarded-For", b"Content-Type", b"Expect", b"Range",
-     b"If-None-Match", b"Accept-Encoding", b"X-\x00", b"Bad Name", b"", b"\xff"]
+     b"If-None-Match", b"Accept-Encoding", b"X-\x00", b"Bad Name", b"", b"\xff",
+     b"Mcp-Session-Id", b"MCP-Protocol-Version", b"Mcp-Method", b"Last-Event-ID"]
 )  # fmt: skip
 HEADER_VALUES = st.one_of(
     st.sampled_from([b"*/*", b"100-continue", b"bytes=0-1,5-", b"gzip, br", b"\x00", b"\x7f"]),
+    st.sampled_from(
+        [
+            b"application/json, text/event-stream",
+            b"text/event-stream",
+            b"application/json",
+            b"2026-07-28",
+            b"2025-11-25",
+            b"tools/call",
+            b"0-1",
+            b"deadbeef",
+        ]
+    ),
     st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40).map(str.encode),
     st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40).map(str.encode),
     st.binary(max_size=40).filter(lambda b: b"\r" not in b and b"\n" not in b),
     st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")),
 )
+# What /mcp reads: JSON-RPC that opens no session (so the fuzz cannot fill the session
+# cap), with and without the 2026-07-28 envelope.
+MCP_BODIES = st.sampled_from(
+    [b'{"jsonrpc":"2.0","id":1,"method":"ping"}',
+     b'{"jsonrpc":"2.0","id":"x","method":"tools/list"}',
+     b'{"jsonrpc":"2.0","id":2,"method":"tools/call",'
+     b'"params":{"name":"echo","arguments":{"text":"x"}}}',
+     b'{"jsonrpc":"2.0","id":3,"method":"tools/list","params":{"_meta":'
+     b'{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}',
+     b'{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}',
+     b'[]', b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]', b'{"jsonrpc":"2.0","id":{},"method":1}',
+     b'{"jsonrpc":"2.0","result":{},"id":9}']
+)  # fmt: skip
 QUERY_PARTS = st.one_of(
     st.sampled_from([b"token=x", b"token=", b"a=1&a=2", b"%zz", b"%00", b"=", b"&&", b"x" * 4000]),
     st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass").replace(b" ", b"%20")),
@@ -1145,7 +1171,7 @@ def http_request(draw: st.DrawFn) -> HttpRequest:
     may_wait = False
     framing = draw(st.integers(0, 9))
     if framing == 0:
-        body = draw(st.binary(max_size=200) | st.just(b'{"op":"hello"}'))
+        body = draw(st.binary(max_size=200) | st.just(b'{"op":"hello"}') | MCP_BODIES)
         headers.append((b"Content-Length", str(len(body)).encode()))
     elif framing == 1:
         chunk = draw(st.binary(max_size=64))
