@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from broker.fleet.config import ServersConfig, default_config_path, load_servers
+from broker.fleet.config import ConfigError, ServersConfig, default_config_path, load_servers
 from exai.settings import Settings
 
 __all__ = ["servers_file", "servers_path"]
@@ -21,8 +21,15 @@ log = logging.getLogger(__name__)
 
 
 def servers_path(settings: Settings, environ: Mapping[str, str]) -> Path | None:
-    """The servers file to run, or None for no servers file."""
+    """The servers file to run, or None for no servers file. Raises ConfigError when a
+    one-server option is given beside it (one of them would be ignored)."""
     if settings.config:
+        if settings.server_cmd or ":" in settings.server:
+            raise ConfigError(
+                "--config hosts the servers of a file; --server-cmd and --server module:attr "
+                "host one server instead: give one or the other (put that server in the "
+                "servers file to run both)"
+            )
         return Path(settings.config).expanduser()
     if settings.server_cmd or settings.server:
         return None

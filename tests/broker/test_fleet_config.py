@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -571,3 +572,23 @@ def test_a_relative_cwd_is_next_to_the_servers_file(tmp_path: Path) -> None:
     servers = load_servers(path, environ={}).servers
     assert servers["a"].cwd == str((tmp_path / "conf" / "work").resolve())
     assert servers["b"].cwd == "/abs/dir"
+
+
+def test_a_servers_file_and_a_one_server_option_are_refused_together(tmp_path: Path) -> None:
+    from broker.fleet.source import servers_path
+    from exai.settings import Settings
+
+    with pytest.raises(ConfigError, match="--server-cmd"):
+        servers_path(Settings(config="s.json", server_cmd="uvx mcp-server-time"), {})
+    with pytest.raises(ConfigError, match="module:attr"):
+        servers_path(Settings(config="s.json", server="pkg.app:server"), {})
+    assert servers_path(Settings(config="s.json", server="pkg.tools"), {}) == Path("s.json")
+    if not sys.platform.startswith("linux"):
+        return  # the default location below is the XDG one
+    home = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    assert servers_path(Settings(), home) is None
+    default = tmp_path / "cfg" / "exai-broker" / "servers.json"
+    default.parent.mkdir(parents=True)
+    default.write_text('{"mcpServers": {}}')
+    assert servers_path(Settings(), home) == default
+    assert servers_path(Settings(server_cmd="x"), home) is None
