@@ -47,6 +47,8 @@ FIXTURE = [sys.executable, "-m", "tests.fixtures.conformance_server"]
 # Scenarios that fail through the daemon because of a defect of its own, each with why:
 # the test fails when any other scenario fails, and when one of these passes again.
 KNOWN_FAILURES: dict[str, str] = {}
+# The same, for the fixture hosted as one server of a servers file.
+KNOWN_FAILURES_MERGED: dict[str, str] = {}
 
 # Result folders are named server-<scenario>-<ISO time with ':' and '.' made '-'>.
 RESULT_DIR_RE = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z$")
@@ -260,3 +262,16 @@ def test_daemon_hosting_the_fixture_passes_the_suite(
     daemon = daemon_factory(workers=1, args=["--server-cmd", shlex.join(FIXTURE)])
     run = run_suite(f"http://127.0.0.1:{daemon.port}/mcp", tmp_path / "results")
     check_run(run, suite, known=KNOWN_FAILURES)
+
+
+def test_daemon_hosting_the_fixture_from_a_servers_file_passes_the_suite(
+    suite: list[str], daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """The same fixture as one server of a servers file, without a prefix: the merged
+    lists and routing of several servers keep every scenario passing."""
+    config = tmp_path / "servers.json"
+    entry = {"command": FIXTURE[0], "args": FIXTURE[1:], "cwd": str(ROOT), "exai": {"prefix": ""}}
+    config.write_text(json.dumps({"mcpServers": {"conformance": entry}}))
+    daemon = daemon_factory(workers=1, args=["--config", str(config)])
+    run = run_suite(f"http://127.0.0.1:{daemon.port}/mcp", tmp_path / "results")
+    check_run(run, suite, known=KNOWN_FAILURES_MERGED)
