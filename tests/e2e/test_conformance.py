@@ -267,11 +267,14 @@ def test_daemon_hosting_the_fixture_passes_the_suite(
 def test_daemon_hosting_the_fixture_from_a_servers_file_passes_the_suite(
     suite: list[str], daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
-    """The same fixture as one server of a servers file, without a prefix: the merged
-    lists and routing of several servers keep every scenario passing."""
+    """The same fixture as the unprefixed server of a servers file, beside another
+    server and the built-in tools: the merged lists and the routing by name and URI
+    keep every scenario passing."""
     config = tmp_path / "servers.json"
     entry = {"command": FIXTURE[0], "args": FIXTURE[1:], "cwd": str(ROOT), "exai": {"prefix": ""}}
-    config.write_text(json.dumps({"mcpServers": {"conformance": entry}}))
+    counter = {"command": sys.executable, "args": ["-m", "tests.fixtures.counter_server"]}
+    servers = {"conformance": entry, "counter": {**counter, "cwd": str(ROOT)}}
+    config.write_text(json.dumps({"mcpServers": servers}))
     daemon = daemon_factory(workers=1, args=["--config", str(config)])
     run = run_suite(f"http://127.0.0.1:{daemon.port}/mcp", tmp_path / "results")
     check_run(run, suite, known=KNOWN_FAILURES_MERGED)
