@@ -30,7 +30,7 @@ from broker.fleet.listings import Listings
 from broker.fleet.member import Member, ToolEntry
 from broker.hosting.hub import Hosting
 from broker.hosting.identity import Presented, present
-from broker.hosting.listens import ListenFilter, acknowledged, stamped
+from broker.hosting.listens import Listen, ListenFilter, Listens, acknowledged, stamped
 from broker.hosting.routes import BUILTIN, Answer, Forward, Later, Route
 from broker.hosting.traffic import SessionLike
 from exai.errors import InvalidArguments, MethodNotFound, ToolNotFound, WorkerLost
@@ -86,6 +86,7 @@ class Fleet:
         self._own_info = own_info
         self._listings = listings
         self._merged: _Merged | None = None
+        self._listens = Listens()
         self._presented: Presented | None = None
         self._uris: dict[str, str] = {}
         self._templates: dict[str, str] = {}
@@ -171,15 +172,14 @@ class Fleet:
 
     def _announce(self, method: str) -> None:
         frame = b'{"jsonrpc":"2.0","method":' + msgspec.json.encode(method) + b"}"
-        listens = next(iter(self.members.values())).hosting.listens if self.members else None
         for session in self._sessions():
             if session.closed or not session.speaks_mcp:
                 continue
             if not session.modern:
                 session.send(frame)
-            elif listens is not None:
-                for listen_id in listens.wanting(session.id, method, None):
-                    session.send(stamped(method, None, listen_id))
+                continue
+            for listen_id in self._listens.wanting(session.id, method, None):
+                session.send(stamped(method, None, listen_id))
 
     # --- the merged tool list --------------------------------------------------------
 
@@ -412,13 +412,18 @@ class Fleet:
         return self._owner_of_uri(uri).hosting.unsubscribe(session_id, uri)
 
     def listen(self, session_id: str, request_id: bytes, wants: ListenFilter) -> bytes:
+        """Each server hears of the stream (its resources, its own list changes); the
+        merged list changes the daemon announces go by the fleet's own record of it,
+        which outlives any one server."""
         for member in self.members.values():
             member.hosting.listen(session_id, request_id, wants)
-        return acknowledged(wants.honoured(self.presented[0]), request_id)
+        honoured = wants.honoured(self.presented[0])
+        self._listens.add(session_id, Listen(request_id, honoured))
+        return acknowledged(honoured, request_id)
 
     def unlisten(self, session_id: str, request_id: bytes) -> bool:
         closed = [m.hosting.unlisten(session_id, request_id) for m in self.members.values()]
-        return any(closed)
+        return self._listens.remove(session_id, request_id) is not None or any(closed)
 
     def answer(
         self, session_id: str, client_id: bytes, result: bytes | None, error: bytes | None
@@ -440,6 +445,7 @@ class Fleet:
         return any(m.answer_input(session_id, key, response) for m in self.members.values())
 
     def end_session(self, session_id: str) -> None:
+        self._listens.end_session(session_id)
         for member in self.members.values():
             member.end_session(session_id)
 

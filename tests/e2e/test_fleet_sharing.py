@@ -14,12 +14,24 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import mcp
 import pytest
 from mcp import MCPError
 from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import listen
+from mcp.shared.subscriptions import ToolsListChanged
 
-from tests.conftest import ROOT, DaemonFactory, DaemonProcess, mcp_client, wait_for
+from tests.conftest import (
+    ROOT,
+    STEP_S,
+    DaemonFactory,
+    DaemonProcess,
+    mcp_client,
+    scaled,
+    wait_for,
+)
 from tests.support.jsonrpc import sdk_text
 
 pytestmark = pytest.mark.timeout(120)
@@ -118,3 +130,32 @@ async def test_a_servers_file_over_streamable_http(
             counted = await session.call_tool("counter__increment", {})
     assert {"version", "counter__increment", "counter__slow"} <= names
     assert sdk_text(counted) == "1"
+
+
+async def test_a_2026_client_hears_of_an_edit_on_its_listen_stream(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """`mcp.Client` in its default mode takes no unsolicited notifications: each edit
+    reaches it as `tools/list_changed` on its `subscriptions/listen` stream, the one
+    that removes the server the stream was opened beside included."""
+    counter = {**COUNTER, "cwd": str(ROOT)}
+    daemon = start(daemon_factory, tmp_path, {"counter": counter})
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "shim"], env=daemon.shim_env(), cwd=str(ROOT)
+    )
+    async with mcp.Client(params, read_timeout_seconds=scaled(STEP_S)) as client:
+        version = client.protocol_version
+        listings = []
+        config = tmp_path / "servers.json"
+        async with listen(client.session, tools_list_changed=True) as stream:
+            for servers in ({"counter": counter, "extra": counter}, {"extra": counter}):
+                config.write_text(json.dumps({"mcpServers": servers}))
+                async with asyncio.timeout(scaled(STEP_S)):
+                    async for event in stream:
+                        if isinstance(event, ToolsListChanged):
+                            break
+                listings.append({tool.name for tool in (await client.list_tools()).tools})
+    assert version == "2026-07-28"
+    assert {"counter__increment", "extra__increment"} <= listings[0]
+    assert "extra__increment" in listings[1]
+    assert "counter__increment" not in listings[1]
