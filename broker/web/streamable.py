@@ -95,7 +95,7 @@ class HttpSessions:
     def create(self, remote: str, sessionless: bool = False) -> HttpPeer | None:
         """A new session (None when EXAI_WS_MAX_CONNECTIONS of them are open);
         `sessionless` for a 2026-07-28 exchange's own, not worth a log line each."""
-        if len(self._peers) >= self.max_sessions:
+        if len(self._peers) >= self.max_sessions and not self._make_room():
             return None
         session_id = secrets.token_urlsafe(32)
         peer = HttpPeer(session_id, remote, self.buffer_bytes, on_close=self.end)
@@ -156,6 +156,23 @@ class HttpSessions:
     def end_all(self) -> None:
         for peer in list(self._peers.values()):
             self.end(peer)
+
+    def _make_room(self) -> bool:
+        """End the session idle the longest, if one is: clients that never send DELETE
+        (a CLI's one-shot `mcp list`) must not lock new ones out for the idle timeout.
+        Its client, if it comes back, gets 404 and opens a new one, as the transport
+        says it must. False when every session is busy."""
+        idle = [peer for sid, peer in self._peers.items() if sid in self._timers]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda peer: self._timers[peer.session_id].when())
+        log.info(
+            "HTTP session %s ended: the one idle longest, to make room for a new one "
+            "(EXAI_WS_MAX_CONNECTIONS sessions are open)",
+            oldest.session_id[:8],
+        )
+        self.end(oldest)
+        return True
 
     def _drop(self, peer: HttpPeer) -> None:
         self._peers.pop(peer.session_id, None)

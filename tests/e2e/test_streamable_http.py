@@ -338,6 +338,44 @@ async def test_idle_session_expires(daemon_factory: DaemonFactory) -> None:
             assert resp.status == 404
 
 
+async def test_a_full_house_ends_the_session_idle_longest(daemon_factory: DaemonFactory) -> None:
+    """EXAI_WS_MAX_CONNECTIONS=2 HTTP sessions, both idle (their clients left without
+    DELETE, as `claude mcp list` does): a third client still gets in, the session
+    idle the longest is the one ended (404 to its client), the other keeps working.
+    With a request of each in flight, the third is refused with 503."""
+    daemon = daemon_factory(workers=1, env={"EXAI_WS_MAX_CONNECTIONS": "2"})
+    url = mcp_url(daemon)
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    async with aiohttp.ClientSession() as http:
+        oldest = await open_session(http, daemon)
+        newer = await open_session(http, daemon)
+        third = await open_session(http, daemon)
+        async with http.post(url, json=ping, headers=oldest) as resp:
+            oldest_status = resp.status
+        async with http.post(url, json=ping, headers=newer) as resp:
+            newer_status = resp.status
+        async with http.post(url, json=ping, headers=third) as resp:
+            third_status = resp.status
+        call = {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "sleep", "arguments": {"seconds": 3}},
+        }
+        busy = [asyncio.ensure_future(http.post(url, json=call, headers=h)) for h in (newer, third)]
+
+        async def both_busy() -> bool:
+            return await inflight(http, daemon) == 2
+
+        await async_wait_for(both_busy, 30, "both sleeps in flight", interval_s=0.1)
+        async with http.post(url, json=INIT, headers={"Accept": ACCEPT_BOTH}) as resp:
+            refused = resp.status
+        for started in busy:
+            (await started).close()
+    assert (oldest_status, newer_status, third_status) == (404, 200, 200)
+    assert refused == 503
+
+
 def modern_request(rid: int, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """A self-contained 2026-07-28 request: the envelope rides in `_meta`."""
     meta = {
