@@ -190,6 +190,7 @@ class Fleet:
             return merged
         taken = set(builtins.by_name)
         routes: dict[str, tuple[Member, str]] = {}
+        clashes: dict[str, set[str]] = {}
         parts: list[bytes] = [bytes(builtins.tools_json)[1:-1].strip()]
         for member in self.members.values():
             if member.failed:
@@ -200,13 +201,16 @@ class Fleet:
                 if not spec.allows(own) or own in member.hidden:
                     continue
                 if exposed in taken:
-                    log.warning(
-                        "server %s: tool %r is taken by another; not listed", spec.name, exposed
-                    )
+                    clash = f"tool {exposed!r} is already another tool's name; it is not listed"
+                    if clash not in member.clashes:
+                        log.error("server %s: %s", spec.name, clash)
+                    clashes.setdefault(member.name, set()).add(clash)
                     continue
                 taken.add(exposed)
                 routes[exposed] = (member, own)
                 parts.append(_renamed(entry, "name", exposed))
+        for member in self.members.values():
+            member.clashes = clashes.get(member.name, set())
         tools_json = b"[" + b",".join(p for p in parts if p) + b"]"
         merged = _Merged(builtins, b'{"tools":' + tools_json + b"}", tools_json, routes)
         self._merged = merged

@@ -42,6 +42,8 @@ class Member:
         self.tools: list[tuple[str, ToolEntry]] = []
         self.from_cache = False
         self.problems: list[str] = []
+        # Its tools whose prefixed names another server's (or a built-in) took first.
+        self.clashes: set[str] = set()
         # Tools whose prefixed names are too long for clients: never listed.
         self.hidden: set[str] = set()
         self._start: asyncio.Task[None] | None = None
@@ -161,6 +163,6 @@ class Member:
             startup=str(self.spec.startup),
             remote=self.spec.remote,
             tools=sum(1 for name, _ in self.tools if self.spec.allows(name)),
-            problems=list(self.problems),
+            problems=[*self.problems, *sorted(self.clashes)],
         )
         return shown

@@ -159,3 +159,33 @@ async def test_a_2026_client_hears_of_an_edit_on_its_listen_stream(
     assert {"counter__increment", "extra__increment"} <= listings[0]
     assert "extra__increment" in listings[1]
     assert "counter__increment" not in listings[1]
+
+
+async def test_a_tool_name_taken_twice_is_listed_once_and_shown_as_a_problem(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """An unprefixed server with an `echo` of its own beside the daemon's diagnostic
+    `echo`: the daemon's keeps the name, the server's is left out of the list, and the
+    health snapshot (so `status` and the status page) names the clash."""
+    full = {"command": sys.executable, "args": ["-m", "tests.fixtures.full_server"]}
+    daemon = start(
+        daemon_factory, tmp_path, {"full": {**full, "cwd": str(ROOT), "exai": {"prefix": ""}}}
+    )
+    async with mcp_client(daemon.shim_env()) as session:
+        tools = (await session.list_tools()).tools
+        echoed = await session.call_tool("echo", {"text": "whose?"})
+        added = await session.call_tool("add", {"a": 2, "b": 3})
+    names = [tool.name for tool in tools]
+    assert names.count("echo") == 1
+    assert "add" in names
+    assert sdk_text(echoed) == "whose?"  # the daemon's own echo answers
+    assert "5" in sdk_text(added)
+
+    def problems() -> list[str]:
+        try:
+            found = {s["name"]: s for s in daemon.health().get("servers", [])}
+        except (OSError, ValueError):
+            return []  # the file is being rewritten
+        return list(found.get("full", {}).get("problems", []))
+
+    assert any("'echo'" in problem for problem in wait_for(problems, 30, "the clash in health"))
