@@ -284,7 +284,9 @@ class Fleet:
         return self._merge().list_result
 
     def _route_tool(self, params: bytes | None) -> Route:
-        name = _field(params, "name")
+        # Decoded once, here: the name to route by and the params to rename come from it.
+        fields = _fields(params)
+        name = _string(fields, "name")
         found = self._merge().routes.get(name)
         if found is None:
             member, own = self._by_prefix(name)
@@ -296,8 +298,7 @@ class Fleet:
                 )
         else:
             member, own = found
-        assert params is not None
-        return Forward(member, _renamed_params(params, "name", own), member.name)
+        return Forward(member, _renamed(fields, "name", own), member.name)
 
     def _by_prefix(self, exposed: str) -> tuple[Member | None, str]:
         """The prefixed server a name is under, and the server's own name for it (the
@@ -459,8 +460,19 @@ class Fleet:
 
 def _field(params: bytes | None, key: str) -> str:
     """A string field of `params`; InvalidArguments naming it when it is not one."""
+    return _string(_fields(params), key)
+
+
+def _fields(params: bytes | None) -> ToolEntry:
+    """`params` as raw fields; InvalidArguments when it is not a JSON object."""
     try:
-        fields = msgspec.json.decode(params or b"{}", type=_RawDict)
+        return msgspec.json.decode(params or b"{}", type=_RawDict)
+    except msgspec.DecodeError:
+        raise InvalidArguments("params must be a JSON object") from None
+
+
+def _string(fields: ToolEntry, key: str) -> str:
+    try:
         return msgspec.json.decode(fields[key], type=str)
     except (KeyError, msgspec.DecodeError):
         raise InvalidArguments(f"params need a string {key!r}") from None
