@@ -180,6 +180,14 @@ class FrameRouter:
             return
         session = peer.session
         assert session is not None
+        if session.owner is not peer:
+            # A newer connection took the session over, and this one is closing. Its
+            # client re-sends on the new connection whatever it still awaits; running
+            # a late frame from here as well would run that call twice.
+            log.debug(
+                "dropped a frame of session %s from a replaced connection", _short(session.id)
+            )
+            return
         try:
             if env.jsonrpc is not None:
                 self._handle_jsonrpc(peer, session, env)

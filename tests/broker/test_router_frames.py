@@ -202,6 +202,26 @@ def test_a_reconnect_resumes_the_session_and_takes_it_over(front: Front) -> None
     assert third.session is session
 
 
+def test_a_late_frame_from_a_replaced_connection_is_not_run(front: Front) -> None:
+    """A shim's call re-sent on its new connection runs once, even when the copy it
+    first sent arrives late on the connection the new one replaced (a cut link)."""
+    call = {"jsonrpc": "2.0", "id": "r1", "method": "tools/call"}
+    call["params"] = {"name": "echo", "arguments": {"text": "x"}}
+    first = front.hello("keep", acks=True, awaited=[])
+    second = front.hello("keep", acks=True, awaited=["r1"])
+    assert first.closed == (CLOSE_TAKEN_OVER, "session taken over by a new connection")
+    front.feed(second, call)
+    broker = front.broker
+    assert len(broker.dispatched()) == 1
+    broker.succeed(broker.last_call_id())
+    answered = second.last
+    assert answered["id"] == "r1" and "result" in answered
+    sent_before = len(first.sent)
+    front.feed(first, call)
+    assert len(broker.dispatched()) == 1
+    assert len(first.sent) == sent_before and second.last == answered
+
+
 def test_an_authenticated_peer_may_skip_hello(front: Front) -> None:
     """A JSON-RPC first frame opens an MCP session and is answered; an op one an op session."""
     mcp = FakePeer()

@@ -45,13 +45,16 @@ TYPED_CODES = frozenset({"WORKER_LOST", "SHUTTING_DOWN", "UNAVAILABLE", "OVER_CA
 
 
 class _Link:
-    """One proxied connection: client side and daemon side, and its stall switch."""
+    """One proxied connection: client side and daemon side, and its stall switches."""
 
     def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
         self.client = client
         self.upstream = upstream
+        # Daemon -> client, and client -> daemon.
         self.flowing = asyncio.Event()
         self.flowing.set()
+        self.sending = asyncio.Event()
+        self.sending.set()
         self.tasks: list[asyncio.Task[None]] = []
 
     def abort(self) -> None:
@@ -102,7 +105,7 @@ class TcpProxy:
         self.links.append(link)
         loop = asyncio.get_running_loop()
         link.tasks = [
-            loop.create_task(self._pump(reader, up_writer, link, None)),
+            loop.create_task(self._pump(reader, up_writer, link, link.sending)),
             loop.create_task(self._pump(up_reader, writer, link, link.flowing)),
         ]
 
@@ -139,6 +142,24 @@ class TcpProxy:
         for link in live:
             link.flowing.clear()
         return len(live)
+
+    def hold_upstream(self) -> int:
+        """Keep what clients send on every live connection from the daemon until
+        `release_upstream` (new connections flow)."""
+        live = self.live_links
+        for link in live:
+            link.sending.clear()
+        return len(live)
+
+    async def release_upstream(self) -> None:
+        """Deliver what `hold_upstream` kept, in order, and flow on; returns once it is
+        written to the daemon's sockets."""
+        for link in self.links:
+            link.sending.set()
+        await asyncio.sleep(0)  # the pumps write what they held
+        for link in self.links:
+            if not link.upstream.transport.is_closing():
+                await link.upstream.drain()
 
     async def aclose(self) -> None:
         """Cut every connection and stop listening."""

@@ -810,7 +810,11 @@ async def test_chaos_soak(daemon_factory: DaemonFactory, tmp_path: Path) -> None
         # No record key ran twice; every one answered ok ran exactly once.
         counts = counting_tools.read_counts(soak.counts)
         records = {c.plan.args["key"]: c for c in calls if c.plan.tool == "record"}
-        record_doubled = sorted(k for k, n in counts.items() if n > 1)
+        record_doubled = sorted(
+            f"{k} ({records[k].outcome if k in records else 'unsent'})"
+            for k, n in counts.items()
+            if n > 1
+        )
         record_unknown = sorted(k for k in counts if k not in records)
         record_ok_not_run = sorted(
             k for k, c in records.items() if c.outcome == "ok" and counts.get(k) != 1

@@ -8,6 +8,7 @@ line per execution, so "ran once" is read from a file.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -149,3 +150,53 @@ async def test_disconnected_sessions_are_bounded(daemon_factory: DaemonFactory) 
         lambda: "ended before its resume grace" in daemon.stderr(), 15, "the oldest to end"
     )
     await health_until(daemon, lambda h: h["sessions_detached"] == 2, "two detached sessions")
+
+
+async def test_a_late_copy_on_a_replaced_connection_does_not_run_again(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """A shim whose link stalled re-sends a call on its new connection; the copy it sent
+    on the old one reaches the daemon late, after the call answered, while the old
+    connection is still busy sending. The call runs once."""
+    daemon = daemon_factory(workers=1, args=COUNTING_ARGS)
+    counts = tmp_path / "counts.txt"
+    hello = {"op": "hello", "session_id": "late-copy", "acks": True}
+
+    def record(key: str, pad: int = 0) -> dict[str, object]:
+        arguments = {"key": key, "path": str(counts), "pad": pad}
+        params = {"name": "record", "arguments": arguments}
+        return {"jsonrpc": "2.0", "id": key, "method": "tools/call", "params": params}
+
+    async def answer(ws: aiohttp.ClientWebSocketResponse, key: str) -> dict[str, object]:
+        while True:  # acks and other frames may come first
+            frame = await ws.receive_json(timeout=10)
+            if frame.get("id") == key and "op" not in frame:
+                return dict(frame)
+
+    async with tcp_proxy(daemon.port) as proxy, aiohttp.ClientSession() as http:
+        old = await http.ws_connect(f"ws://127.0.0.1:{proxy.port}/")
+        await old.send_json({**hello, "awaited": []})
+        assert (await old.receive_json(timeout=10))["ok"] is True
+        # An answer too large for the stalled link keeps the old connection sending, so
+        # it is still reading when the late copy arrives.
+        assert proxy.stall() == 1
+        await old.send_json(record("big", pad=24 * MIB))
+        await old.send_json(record("queued", pad=MIB))
+        await async_wait_for(
+            lambda: len(daemon.metrics_lines()) == 2, 10, "both answers to be sent"
+        )
+        assert proxy.hold_upstream() == 1
+        await old.send_json(record("k"))
+        new = await http.ws_connect(daemon.url, max_msg_size=64 * MIB)
+        await new.send_json({**hello, "awaited": ["big", "queued", "k"]})
+        assert (await new.receive_json(timeout=10))["resumed"] is True
+        await new.send_json(record("k"))
+        assert rpc_text(await answer(new, "k")) == "recorded k"
+        await proxy.release_upstream()
+        # The late copy is in the daemon's socket now; give the daemon a moment to read
+        # it before the barrier (on a slow machine the check only gets weaker).
+        await asyncio.sleep(0.2)
+        await new.send_json(record("barrier"))
+        assert rpc_text(await answer(new, "barrier")) == "recorded barrier"
+        await new.close()
+    assert read_counts(counts) == {"big": 1, "queued": 1, "k": 1, "barrier": 1}
