@@ -31,6 +31,7 @@ from broker.fleet.fleet import Fleet
 from broker.fleet.listings import LISTINGS_FILE, Listings
 from broker.fleet.source import servers_file
 from broker.fleet.watch import watch_servers
+from broker.hosting.bridged import Launcher, ProcessBridge
 from broker.hosting.command import (
     HostedCommand,
     command_argv_of,
@@ -58,7 +59,7 @@ from exai.errors import DAEMON_SHUTDOWN_CAUSE, BrokerError, WorkerLost
 from exai.exits import ExitCode
 from exai.memory import trim
 from exai.net import ws_url
-from exai.settings import Isolation, Settings, worker_overrides
+from exai.settings import Isolation, PoolKind, Settings, worker_overrides
 
 __all__ = ["Daemon", "serve"]
 
@@ -157,13 +158,18 @@ class Daemon:
             size=0 if hosted else settings.workers if settings.pool == "local" else 1,
             env=worker_environment(environ, worker_overrides(settings)),
             on_ready=self._worker_ready,
-            on_message=lambda w, m: self.calls.handle_worker_message(w, m),
-            on_lost=lambda w, ids, why: self.calls.handle_worker_lost(w, ids, why),
+            on_message=self._worker_message,
+            on_lost=self._worker_lost,
             on_fatal=self._pool_failed,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
             max_calls_per_worker=settings.max_calls_per_worker,
         )
+        # With a Ray pool, the servers of a servers file run as actors too (the daemon
+        # stays their client); without one, the daemon runs them itself.
+        self.processes: ProcessBridge | None = None
+        if not hosted and settings.pool_kind is PoolKind.RAY:
+            self.processes = ProcessBridge(lambda: self.supervisor.workers)
         self.codec = FrameCodec()
         self.recent = RecentStats()
         self.by_server = ServerLatencies()
@@ -442,6 +448,7 @@ class Daemon:
         cwd: str | None = None,
         url: str | None = None,
         headers: dict[str, str] | None = None,
+        launcher: Launcher | None = None,
     ) -> Hosting:
         """A Hosting with the daemon's own limits and callbacks."""
         settings = self.settings
@@ -462,6 +469,7 @@ class Daemon:
             session_of_call=self._session_of_call,
             own_info=SERVER_INFO,
             client_of=self._client_of,
+            launcher=launcher,
         )
 
     def _member_hosting(self, spec: ServerSpec) -> Hosting:
@@ -483,6 +491,7 @@ class Daemon:
             headers=dict(spec.headers),
             isolation=spec.isolation,
             instances=spec.instances,
+            launcher=self.processes.launch if self.processes and spec.command else None,
         )
         self._connect_hosting(hosting)
         return hosting
@@ -513,6 +522,16 @@ class Daemon:
             record.queue_ms,
             record.server,
         )
+
+    def _worker_message(self, worker: WorkerHandle, message: Any) -> None:
+        processes = self.processes
+        if processes is None or not processes.handle_message(worker, message):
+            self.calls.handle_worker_message(worker, message)
+
+    def _worker_lost(self, worker: WorkerHandle, call_ids: set[int], reason: str) -> None:
+        self.calls.handle_worker_lost(worker, call_ids, reason)
+        if self.processes is not None:
+            self.processes.worker_lost(worker)
 
     def _worker_ready(self, worker: WorkerHandle) -> None:
         if worker.ready is not None and not self.calls.catalog.tools:

@@ -14,6 +14,12 @@ __all__ = [
     "Call",
     "Cancel",
     "Heartbeat",
+    "ProcessExited",
+    "ProcessInput",
+    "ProcessOpen",
+    "ProcessOutput",
+    "ProcessSignal",
+    "ProcessStarted",
     "Progress",
     "Ready",
     "Recycle",
@@ -94,5 +100,62 @@ class Progress(msgspec.Struct, tag="progress", array_like=True, frozen=True):
     message: str | None = None
 
 
-BrokerMessage = Call | Cancel | Heartbeat | Shutdown | SessionEnded
-WorkerMessage = Ready | Result | Progress | Heartbeat | Recycle
+# A hosted server's process run by the pool (`--pool ray`) instead of the daemon: the
+# daemon stays its MCP client, and these carry its pipes. `handle` is the daemon's.
+
+
+class ProcessOpen(msgspec.Struct, tag="popen", array_like=True, frozen=True):
+    """Start `argv` with exactly `env` (None: the worker's own) in `cwd`."""
+
+    handle: int
+    name: str
+    argv: list[str]
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+
+
+class ProcessInput(msgspec.Struct, tag="pin", array_like=True, frozen=True):
+    """Bytes for the process's stdin, in order; `eof` closes it after them."""
+
+    handle: int
+    data: bytes
+    eof: bool = False
+
+
+class ProcessSignal(msgspec.Struct, tag="psig", array_like=True, frozen=True):
+    """Stop the process (and what it started): TERM, or KILL when `kill`."""
+
+    handle: int
+    kill: bool = False
+
+
+class ProcessStarted(msgspec.Struct, tag="pstarted", array_like=True, frozen=True):
+    """The process runs as `pid` on `node`, or could not start (`error`)."""
+
+    handle: int
+    pid: int | None = None
+    node: str = ""
+    error: str | None = None
+
+
+class ProcessOutput(msgspec.Struct, tag="pout", array_like=True, frozen=True):
+    """Bytes the process wrote to `fd` (1 stdout, 2 stderr), in order."""
+
+    handle: int
+    fd: int
+    data: bytes
+
+
+class ProcessExited(msgspec.Struct, tag="pexit", array_like=True, frozen=True):
+    """The process is gone; `returncode` None when it was lost with its host."""
+
+    handle: int
+    returncode: int | None = None
+
+
+BrokerMessage = (
+    Call | Cancel | Heartbeat | Shutdown | SessionEnded | ProcessOpen | ProcessInput | ProcessSignal
+)
+WorkerMessage = (
+    Ready | Result | Progress | Heartbeat | Recycle | ProcessStarted | ProcessOutput | ProcessExited
+)

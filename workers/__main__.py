@@ -25,6 +25,8 @@ from exai.ipc import (
     Call,
     Cancel,
     Heartbeat,
+    ProcessOpen,
+    ProcessStarted,
     Progress,
     Ready,
     Recycle,
@@ -40,7 +42,7 @@ from workers.host import load_tool_server
 from workers.parentwatch import watch_parent
 from workers.pipes import IpcPipes, take_ipc_stdout
 from workers.threads import ToolThreads
-from workers.toolserver import ToolContext, ToolServer, settle
+from workers.toolserver import ProcessHost, ToolContext, ToolServer, settle
 
 __all__ = ["Worker", "load_server", "main"]
 
@@ -59,6 +61,8 @@ class Worker:
         self.pipes: IpcPipes | None = None
         self.stopping = asyncio.Event()
         self.grace_s = 5.0
+        # Runs the daemon's server processes, for a pool that offers to (`--pool ray`).
+        self.processes: ProcessHost | None = None
         self.threads: ToolThreads | None = getattr(server, "threads", None)
         if self.threads is not None:
             self.threads.on_exhausted = self.ask_to_recycle
@@ -101,6 +105,20 @@ class Worker:
             elif isinstance(message, Shutdown):
                 self.grace_s = message.grace_s
                 self.stopping.set()
+            else:
+                self.handle_process_message(message)
+
+    def handle_process_message(self, message: Any) -> None:
+        if self.processes is None:
+            offer = getattr(self.server, "process_host", None)
+            if offer is None:
+                if isinstance(message, ProcessOpen):
+                    why = "this worker pool does not run server processes"
+                    self.send(ProcessStarted(message.handle, error=why))
+                return
+            self.processes = offer(self.send)
+        assert self.processes is not None
+        self.processes.handle(message)
 
     def handle_eof(self) -> None:
         self.stopping.set()
@@ -198,6 +216,8 @@ async def serve(server: ToolServer) -> bool:
     worker.announce()
     await worker.stopping.wait()
     await worker.drain()
+    if worker.processes is not None:
+        await worker.processes.aclose()
     await server.aclose()
     # Let the last results reach the pipe before the process goes away.
     await asyncio.sleep(0)

@@ -1,4 +1,4 @@
-"""The Ray actors behind `--pool ray`: tool hosts and the shared provider ledger.
+"""The Ray actors behind `--pool ray`: tool hosts, server processes, the provider ledger.
 
 Plain classes: the bridge wraps them with `ray.remote` when it creates them, so this
 module imports without Ray and the code that runs inside an actor is ordinary code.
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import os
+import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +24,7 @@ from exai.settings import load_settings
 from workers.host import load_tool_server
 from workers.toolserver import ToolContext, ToolServer, settle
 
-__all__ = ["LEDGER_NAME", "NAMESPACE", "ProviderLedger", "ToolHost"]
+__all__ = ["LEDGER_NAME", "NAMESPACE", "ProviderLedger", "ServerProcess", "ToolHost"]
 
 NAMESPACE = "exai"
 LEDGER_NAME = "exai-provider-ledger"
@@ -29,6 +32,9 @@ LEDGER_NAME = "exai-provider-ledger"
 # Events a ToolHost.run stream yields, in order: any number of progress events, then
 # exactly one result or error.
 Event = tuple[Any, ...]
+_POSIX = sys.platform != "win32"
+# What ServerProcess.output reads at a time: several lines of a busy server per object.
+_CHUNK_BYTES = 256 * 1024
 
 
 class ToolHost:
@@ -131,6 +137,89 @@ class ToolHost:
     async def close(self) -> None:
         if self._server is not None:
             await self._server.aclose()
+
+
+class ServerProcess:
+    """One stdio MCP server process of the daemon's servers file, run inside an actor.
+
+    The daemon stays the server's MCP client: this only carries the pipes. `output`
+    streams what the server writes, as (1, bytes) for stdout and (2, bytes) for stderr,
+    and last (0, returncode). When the actor dies (its bridge went), the server's stdin
+    closes, which is how a stdio server is told to exit.
+    """
+
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(
+        self, argv: list[str], env: dict[str, str] | None, cwd: str | None
+    ) -> tuple[int | None, str, str | None]:
+        """(pid, node, None) once it runs; (None, node, why) when it cannot start."""
+        node = socket.gethostname()
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                # Its own group, so that stopping it stops what it started.
+                start_new_session=_POSIX,
+            )
+        except OSError as exc:
+            return None, node, f"cannot start {argv[0]!r}: {exc}"
+        return self._process.pid, node, None
+
+    async def output(self) -> AsyncIterator[tuple[int, Any]]:
+        process = self._process
+        assert process is not None and process.stdout is not None and process.stderr is not None
+        chunks: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+
+        async def pump(fd: int, stream: asyncio.StreamReader) -> None:
+            while data := await stream.read(_CHUNK_BYTES):
+                await chunks.put((fd, data))
+            await chunks.put((fd, b""))
+
+        pumps = [
+            asyncio.ensure_future(pump(1, process.stdout)),
+            asyncio.ensure_future(pump(2, process.stderr)),
+        ]
+        try:
+            open_streams = 2
+            while open_streams:
+                fd, data = await chunks.get()
+                if data:
+                    yield fd, data
+                else:
+                    open_streams -= 1
+            yield 0, await process.wait()
+        finally:
+            for task in pumps:
+                task.cancel()
+
+    async def write(self, data: bytes, eof: bool) -> None:
+        stdin = self._process.stdin if self._process is not None else None
+        if stdin is None or stdin.is_closing():
+            return
+        with contextlib.suppress(ConnectionError, OSError):
+            if data:
+                stdin.write(data)
+                await stdin.drain()
+            if eof:
+                stdin.close()
+
+    def end(self, kill: bool) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+            if _POSIX:
+                os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            elif kill:
+                process.kill()
+            else:
+                process.terminate()
 
 
 class ProviderLedger:

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from exai.models import ModelRegistry
 from exai.settings import Isolation, Settings, ray_missing_message
 from exai.sticky import StickyMap
 from workers.ray_actors import LEDGER_NAME, NAMESPACE, ProviderLedger, ToolHost
+from workers.ray_processes import RayProcesses
 from workers.toolserver import HostedError, ToolContext
 
 __all__ = ["RayToolPool"]
@@ -214,6 +215,11 @@ class RayToolPool:
         # Our actors are not detached: they go with the driver, and a private cluster
         # with them.
         self._ray.shutdown()
+
+    def process_host(self, send: Callable[[Any], None]) -> RayProcesses:
+        """The daemon's server processes, each in an actor on this node."""
+        assert self._ray is not None, "start() first"
+        return RayProcesses(self._ray, send)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -18,6 +18,7 @@ from exai.errors import ErrorCode
 __all__ = [
     "HostedError",
     "Outcome",
+    "ProcessHost",
     "ProgressSink",
     "ToolContext",
     "ToolServer",
@@ -81,6 +82,15 @@ class ToolServer(Protocol):
     async def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext) -> Any: ...
 
     async def session_ended(self, session_id: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ProcessHost(Protocol):
+    """Runs the daemon's server processes (exai.ipc Process* messages), for a pool that
+    offers one through a `process_host(send)` method of its ToolServer."""
+
+    def handle(self, message: Any) -> bool: ...
 
     async def aclose(self) -> None: ...
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from broker.hosting.bridged import Launcher
 from broker.hosting.identity import Presented, present
 from broker.hosting.instance import ClientHello, HandshakeError, ServerIdentity
 from broker.hosting.instances import Instance
@@ -69,6 +70,7 @@ class Hosting:
         session_of_call: Callable[[int], str | None],
         own_info: dict[str, Any],
         client_of: Callable[[str], ClientHello | None] | None = None,
+        launcher: Launcher | None = None,
     ) -> None:
         self.name = name
         self.levels = LogLevels()
@@ -90,6 +92,7 @@ class Hosting:
             idle_timeout_s=idle_timeout_s,
             max_instances=max_instances,
             max_line_bytes=max_line_bytes,
+            launcher=launcher,
         )
         self.traffic = ServerTraffic(
             name,

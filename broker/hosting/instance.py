@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from broker.hosting.bridged import Launcher
 from broker.hosting.own_requests import HANDSHAKE, OwnRequests, initialize_params
 from exai import __version__
 from exai.coalesce import WriteCoalescer
@@ -187,6 +188,7 @@ class HostedInstance:
         on_event: Callable[[HostedInstance, RelayEvent], None],
         max_line_bytes: int = 33_554_432,
         client: ClientHello | None = None,
+        launcher: Launcher | None = None,
     ) -> None:
         if not argv:
             raise ValueError(f"server {name!r} has no command")
@@ -203,6 +205,8 @@ class HostedInstance:
         self._loop = asyncio.get_running_loop()
         self._writes = WriteCoalescer(self._loop, self._write_now)
         self._own = OwnRequests(self.relay, self._loop)
+        # Who runs the process: the daemon (None), or the worker pool.
+        self._launcher = launcher
 
     # --- life ------------------------------------------------------------------------
 
@@ -211,15 +215,18 @@ class HostedInstance:
         env = self.env  # the whole environment when given (None: the daemon's own)
         pipes = _Pipes(self._handle_line, self._max_line_bytes, self._handle_long_line)
         try:
-            await self._loop.subprocess_exec(
-                lambda: pipes,
-                *self.argv,
-                env=env,
-                cwd=self.cwd,
-                # Its own process group: a Ctrl+C in the daemon's terminal is the
-                # daemon's to handle, and the whole group goes when the server is stopped.
-                start_new_session=_POSIX,
-            )
+            if self._launcher is not None:
+                await self._launcher(pipes, self.argv, env, self.cwd, self.name)
+            else:
+                await self._loop.subprocess_exec(
+                    lambda: pipes,
+                    *self.argv,
+                    env=env,
+                    cwd=self.cwd,
+                    # Its own process group: a Ctrl+C in the daemon's terminal is the
+                    # daemon's to handle, and the whole group goes when it is stopped.
+                    start_new_session=_POSIX,
+                )
         except OSError as exc:
             raise HandshakeError(f"cannot start {self.argv[0]!r}: {exc}") from exc
         self._pipes = pipes
@@ -292,7 +299,7 @@ class HostedInstance:
         for force in (None, False, True):
             if force is not None and not pipes.exited.done():
                 with contextlib.suppress(ProcessLookupError, OSError):
-                    _end(transport, kill=force)
+                    _end(transport, kill=force, group=self._launcher is None)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(pipes.exited), grace_s)
                 break
@@ -352,11 +359,12 @@ class HostedInstance:
             stdin.write(data)  # type: ignore[attr-defined]
 
 
-def _end(transport: asyncio.SubprocessTransport, *, kill: bool) -> None:
+def _end(transport: asyncio.SubprocessTransport, *, kill: bool, group: bool) -> None:
     """TERM (or KILL) the server and, on POSIX, its whole process group: whatever the
-    server started goes with it."""
+    server started goes with it. A process the pool runs (`group` False) is the
+    pool's to signal, group and all: its pid is not ours."""
     pid = transport.get_pid()
-    if _POSIX and pid is not None:
+    if group and _POSIX and pid is not None:
         os.killpg(pid, signal.SIGKILL if kill else signal.SIGTERM)
     elif kill:
         transport.kill()

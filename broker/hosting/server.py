@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
+from broker.hosting.bridged import Launcher
 from broker.hosting.instance import ClientHello, HandshakeError, HostedInstance, ServerIdentity
 from broker.hosting.instances import Instance
 from broker.hosting.remote import RemoteInstance
@@ -82,9 +83,11 @@ class HostedServer:
         max_line_bytes: int = 33_554_432,
         url: str | None = None,
         headers: Mapping[str, str] | None = None,
+        launcher: Launcher | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
+        self.launcher = launcher
         # A remote Streamable HTTP server instead of a command: the daemon is its client.
         self.url = url
         self.headers = dict(headers or {})
@@ -252,6 +255,7 @@ class HostedServer:
             on_event=self._on_event,
             max_line_bytes=self._max_line_bytes,
             client=client,
+            launcher=self.launcher,
         )
         await instance.start(START_TIMEOUT_S)
         return instance

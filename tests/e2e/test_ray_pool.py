@@ -43,9 +43,11 @@ from tests.e2e.sched_support import (
     rpc_error,
     rpc_text,
 )
+from tests.e2e.test_many_servers import instance_pids, rpc_failure, server_entry
 from tests.support.health import health_until
+from tests.support.jsonrpc import sdk_text
 from tests.support.mcp_ws import McpWsClient, mcp_ws_clients
-from tests.support.processes import group_pids
+from tests.support.processes import cmdline, group_pids, parent_pid
 
 require_isolated_ray()
 
@@ -317,26 +319,24 @@ async def test_two_brokers_share_one_provider_cap(tmp_path: Path) -> None:
             orphaned.cancel()
 
 
-# --- a servers file beside the Ray pool ----------------------------------------------
+# --- a servers file on the Ray pool -------------------------------------------------
 
 
-async def test_a_servers_file_is_served_beside_the_ray_pool(tmp_path: Path) -> None:
-    """`--pool ray --config F`: the pool's tools run on Ray actors, the file's stdio
-    server is hosted by the daemon, and one client sees and calls both."""
-    config = tmp_path / "servers.json"
-    config.write_text(
-        json.dumps(
-            {
-                "mcpServers": {
-                    "counter": {
-                        "command": sys.executable,
-                        "args": ["-m", "tests.fixtures.counter_server"],
-                        "cwd": str(ROOT),
-                    }
-                }
-            }
-        )
-    )
+def _counter_config(path: Path) -> Path:
+    entry = {
+        "command": sys.executable,
+        "args": ["-m", "tests.fixtures.counter_server"],
+        "cwd": str(ROOT),
+    }
+    path.write_text(json.dumps({"mcpServers": {"counter": entry}}))
+    return path
+
+
+async def test_a_servers_file_runs_its_servers_as_ray_actors(tmp_path: Path) -> None:
+    """`--pool ray --config F`: the file's stdio server runs in a ServerProcess actor,
+    and one client sees and calls it beside the pool's own tools. Killed mid-call, the
+    call gets WORKER_LOST and the server comes back in a new actor, counting from 1."""
+    config = _counter_config(tmp_path / "servers.json")
     root = tmp_path / "broker"
     root.mkdir()
     daemon = start_daemon(
@@ -346,18 +346,53 @@ async def test_a_servers_file_is_served_beside_the_ray_pool(tmp_path: Path) -> N
         args=[*SERVER_ARGS, "--pool", "ray", "--config", str(config)],
     )
     try:
-        await health_until(
+        health = await health_until(
             daemon,
-            lambda h: any(s["state"] == "ready" for s in h.get("servers", [])),
+            lambda h: (e := server_entry(h, "counter")) is not None and e["state"] == "ready",
             "the counter ready",
             timeout_s=scaled(STEP_S),
         )
+        (victim,) = instance_pids(health, "counter")
+        actor = parent_pid(victim)
+        assert actor is not None and actor != daemon.proc.pid
+        assert " ".join(cmdline(actor)).startswith("ray::ServerProcess"), cmdline(actor)
+        running = asyncio.Event()
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            running.set()
+
         async with mcp_client(daemon.shim_env()) as session:
             names = {t.name for t in (await session.list_tools()).tools}
             counted = await session.call_tool("counter__increment", {})
             version = await session.call_tool("version", {})
+            pid = await session.call_tool("counter__pid", {})
+            slow = asyncio.create_task(
+                session.call_tool("counter__slow", {"seconds": 60}, progress_callback=on_progress)
+            )
+            async with asyncio.timeout(scaled(STEP_S)):
+                await running.wait()
+            os.kill(victim, signal.SIGKILL)
+            async with asyncio.timeout(scaled(15)):
+                lost = await rpc_failure(slow)
+            restarted = await health_until(
+                daemon,
+                lambda h: (
+                    (e := server_entry(h, "counter")) is not None
+                    and e["state"] == "ready"
+                    and e["restarts"] >= 1
+                ),
+                "the counter's restart",
+                timeout_s=scaled(STEP_S),
+            )
+            after = await session.call_tool("counter__increment", {})
         assert {"counter__increment", "version"} <= names
-        assert not counted.is_error and counted.content[0].text == "1"  # type: ignore[union-attr]
-        assert not version.is_error
+        assert sdk_text(counted) == "1" and not version.is_error
+        assert int(sdk_text(pid)) == victim
+        assert isinstance(lost.data, dict) and lost.data["code"] == "WORKER_LOST", lost
+        (new_pid,) = instance_pids(restarted, "counter")
+        new_actor = parent_pid(new_pid)
+        assert new_pid != victim and new_actor is not None
+        assert " ".join(cmdline(new_actor)).startswith("ray::ServerProcess")
+        assert sdk_text(after) == "1", "a new instance counts from 1"
     finally:
         _stop(daemon)

@@ -9,7 +9,17 @@ from typing import Any
 
 from exai.errors import ErrorCode
 from exai.framing import FrameDecoder, FrameEncoder
-from exai.ipc import Call, Cancel, Recycle, Result, SessionEnded, WorkerMessage
+from exai.ipc import (
+    Call,
+    Cancel,
+    ProcessInput,
+    ProcessOpen,
+    ProcessStarted,
+    Recycle,
+    Result,
+    SessionEnded,
+    WorkerMessage,
+)
 from tests.conftest import async_wait_for, scaled
 from workers.__main__ import Worker
 from workers.host import ModuleToolServer
@@ -160,3 +170,13 @@ async def test_threads_stranded_by_cancelled_sync_calls_do_not_starve_later_call
     finally:
         release.set()
         await server.aclose()
+
+
+async def test_a_pool_that_runs_no_server_processes_says_so() -> None:
+    """A local worker asked to run a server process answers that it cannot, at once,
+    so the daemon's start of that server fails with the reason instead of waiting."""
+    worker, pipes = make_worker(SlowServer())
+    worker.handle_data(frames(ProcessOpen(7, "srv", ["srv"]), ProcessInput(7, b"{}\n")))
+    assert pipes.messages == [
+        ProcessStarted(7, error="this worker pool does not run server processes")
+    ]
