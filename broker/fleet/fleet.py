@@ -151,6 +151,10 @@ class Fleet:
             kept = self._listings.recall(spec)
             if kept is not None:
                 member.set_tools(kept, cached=True)
+        # A server added by an edit hears of the listen streams already open, as the
+        # others did when they opened: their resource subscriptions may be its own.
+        for session_id, listen in self._listens.streams():
+            hosting.listen(session_id, listen.request_id, listen.wants)
         self.members[spec.name] = member
         return member
 

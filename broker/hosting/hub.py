@@ -208,7 +208,10 @@ class Hosting:
     def listen(self, session_id: str, request_id: bytes, wants: ListenFilter) -> bytes:
         """Open a 2026-07-28 listen stream; its acknowledgment, to send the client. The
         server is subscribed to the stream's resources as `resources/subscribe` would."""
-        honoured = wants.honoured(self.presented[0])
+        # Before its first start the server's capabilities are unknown: keep all it
+        # was asked for, and let the server refuse what it does not offer.
+        known = self.server.identity is not None
+        honoured = wants.honoured(self.presented[0]) if known else wants
         before = self.listens.uris(session_id)
         self.listens.add(session_id, Listen(request_id, honoured))
         self._resubscribe(session_id, before)
@@ -306,14 +309,23 @@ class Hosting:
             instance.relay.forget(handle)
             self.on_lost(handle, why)
         self.traffic.forget_instance(instance)
-        if self.server.isolation is Isolation.SHARED:
-            # The new instance knows no subscription: they were the old one's.
-            self.subscriptions.forget_server(self.name)
 
     def _started(self, instance: Instance | None) -> None:
-        if instance is not None and self.levels.lowest() is not None:
-            self._tell_level(instance)
+        if instance is not None:
+            if self.levels.lowest() is not None:
+                self._tell_level(instance)
+            self._tell_subscriptions(instance)
         self.on_ready()
+
+    def _tell_subscriptions(self, instance: Instance) -> None:
+        """A new instance (a restart, or a server added while clients were subscribed
+        or listening) knows no subscription: the clients' still hold, so tell it."""
+        owner = self.server.owner_of(instance)
+        if owner is None and self.server.isolation is Isolation.SESSION:
+            return
+        for uri in self.subscriptions.uris(self.name, owner):
+            params = msgspec.json.encode({"uri": uri})
+            self._spawn(self._quiet_query(instance, "resources/subscribe", params))
 
     def _divert(self, session_id: str, instance: Instance, key: str, request: bytes) -> bool | None:
         handles = [h for h in instance.relay.pending() if h >= 0]

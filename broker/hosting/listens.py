@@ -93,6 +93,10 @@ class Listens:
     def end_session(self, session_id: str) -> list[Listen]:
         return list(self._by_session.pop(session_id, {}).values())
 
+    def streams(self) -> list[tuple[str, Listen]]:
+        """Every open stream, with its session."""
+        return [(s, listen) for s, by_id in self._by_session.items() for listen in by_id.values()]
+
     def listening(self, session_id: str) -> bool:
         return session_id in self._by_session
 

@@ -48,6 +48,12 @@ class Subscriptions:
         del self._by_key[key]
         return True
 
+    def uris(self, server: str, session: str | None = None) -> list[str]:
+        """The URIs of `server` someone (or `session`) is subscribed to, sorted."""
+        if session is None:
+            return sorted(uri for name, uri in self._by_key if name == server)
+        return sorted(uri for name, uri in self._by_session.get(session, ()) if name == server)
+
     def subscribers(self, server: str, uri: str) -> Iterable[str]:
         return tuple(self._by_key.get((server, uri), ()))
 
@@ -58,13 +64,3 @@ class Subscriptions:
             if self.unsubscribe(server, uri, session):
                 emptied.append((server, uri))
         return emptied
-
-    def forget_server(self, server: str) -> None:
-        """A server's instance restarted or went away: it knows no subscription now."""
-        for key in [k for k in self._by_key if k[0] == server]:
-            for session in self._by_key.pop(key):
-                mine = self._by_session.get(session)
-                if mine is not None:
-                    mine.discard(key)
-                    if not mine:
-                        del self._by_session[session]

@@ -25,9 +25,18 @@ def test_a_session_that_ends_releases_what_only_it_held() -> None:
     subs.subscribe("git", "a", "s1")
     assert subs.end_session("s1") == [("fs", "a"), ("git", "a")]
     assert list(subs.subscribers("fs", "b")) == ["s2"]
-    subs.forget_server("fs")
-    assert list(subs.subscribers("fs", "b")) == []
-    assert subs.end_session("s2") == []
+    assert subs.end_session("s2") == [("fs", "b")]
+
+
+def test_the_uris_held_are_listed_per_server_and_per_session() -> None:
+    """What a restarted instance must be told: every URI of its server someone holds,
+    or, for a session's own instance, that session's."""
+    subs = Subscriptions()
+    subs.subscribe("fs", "b", "s1")
+    subs.subscribe("fs", "a", "s2")
+    subs.subscribe("git", "c", "s1")
+    assert subs.uris("fs") == ["a", "b"]
+    assert subs.uris("fs", "s1") == ["b"] and subs.uris("git", "s2") == []
 
 
 def test_log_thresholds_are_per_session() -> None:

@@ -8,6 +8,7 @@ instance served it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import listen
-from mcp.shared.subscriptions import ToolsListChanged
+from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
 
 from tests.conftest import (
     ROOT,
@@ -36,6 +37,7 @@ from tests.support.jsonrpc import sdk_text
 
 pytestmark = pytest.mark.timeout(120)
 
+COUNTER_URI = "fixture://counter"  # tests.fixtures.full_server's bumped resource
 COUNTER = {"command": sys.executable, "args": ["-m", "tests.fixtures.counter_server"]}
 OVER_CAPACITY_RPC = -32050
 
@@ -159,6 +161,47 @@ async def test_a_2026_client_hears_of_an_edit_on_its_listen_stream(
     assert {"counter__increment", "extra__increment"} <= listings[0]
     assert "extra__increment" in listings[1]
     assert "counter__increment" not in listings[1]
+
+
+async def test_a_server_an_edit_restarts_keeps_the_resources_a_listen_stream_wants(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """A 2026-07-28 client listens for updates of fixture://counter; an edit restarts
+    the full server that has it (a new env): the server's next bumps still reach the
+    stream, which was never opened again."""
+    full = {"command": sys.executable, "args": ["-m", "tests.fixtures.full_server"]}
+    full["cwd"] = str(ROOT)
+    daemon = start(daemon_factory, tmp_path, {"full": full})
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "shim"], env=daemon.shim_env(), cwd=str(ROOT)
+    )
+    loop = asyncio.get_running_loop()
+    async with (
+        mcp.Client(params, read_timeout_seconds=scaled(STEP_S)) as client,
+        listen(
+            client.session, tools_list_changed=True, resource_subscriptions=[COUNTER_URI]
+        ) as stream,
+    ):
+        edited = {**full, "env": {"EXAI_TEST_EDITED": "1"}}
+        (tmp_path / "servers.json").write_text(json.dumps({"mcpServers": {"full": edited}}))
+        async with asyncio.timeout(scaled(STEP_S)):
+            async for event in stream:
+                if isinstance(event, ToolsListChanged):
+                    break
+        updated: ResourceUpdated | None = None
+        deadline = loop.time() + scaled(STEP_S)
+        while updated is None:
+            # The new instance is told of the stream as it comes up; a bump that
+            # reaches it first notifies nobody, so bump until one is heard.
+            assert loop.time() < deadline, "no update reached the stream"
+            await client.call_tool("full__bump", {})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    async for event in stream:
+                        if isinstance(event, ResourceUpdated):
+                            updated = event
+                            break
+    assert updated.uri == COUNTER_URI
 
 
 async def test_a_tool_name_taken_twice_is_listed_once_and_shown_as_a_problem(

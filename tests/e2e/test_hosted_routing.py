@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shlex
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -24,6 +26,7 @@ import pytest
 from tests.conftest import STEP_S, DaemonFactory, DaemonProcess, async_wait_for, scaled
 from tests.support.jsonrpc import JsonObj, rpc_text
 from tests.support.mcp_ws import McpWsClient
+from tests.support.processes import cmdline, descendants
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -112,6 +115,15 @@ def full_daemon(factory: DaemonFactory, isolation: str, **env: str) -> DaemonPro
         env={"EXAI_WS_CALL_TIMEOUT": "90", **env},
         args=["--server-cmd", FULL_CMD, "--isolation", isolation],
     )
+
+
+def full_servers(daemon: DaemonProcess) -> list[int]:
+    """The full_server processes the daemon runs."""
+    return [
+        pid
+        for pid in descendants(daemon.proc.pid)
+        if any("tests.fixtures.full_server" in part for part in cmdline(pid))
+    ]
 
 
 async def settle() -> None:
@@ -278,6 +290,34 @@ async def test_two_subscribers_share_one_server_subscription(
         await settle()
     assert a.notes("notifications/resources/updated") == []
     assert c.notes("notifications/resources/updated") == []
+
+
+async def test_a_subscription_outlives_a_restart_of_the_server(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """A subscribes; the server is killed and restarted: A, which never subscribed
+    again, is still notified of B's bumps on the new instance."""
+    daemon = full_daemon(daemon_factory, "shared")
+    async with clients(daemon, "a", "b") as (a, b):
+        await a.request("resources/subscribe", {"uri": COUNTER_URI})
+        (victim,) = await async_wait_for(
+            lambda: full_servers(daemon), STEP_S, "the hosted full_server"
+        )
+        os.kill(victim, signal.SIGKILL)
+        await async_wait_for(
+            lambda: (found := full_servers(daemon)) and victim not in found,
+            STEP_S,
+            "the restarted full_server",
+        )
+        deadline = asyncio.get_running_loop().time() + scaled(STEP_S)
+        while not a.notes("notifications/resources/updated"):
+            # The restarted instance is told of A's subscription as it comes up; a
+            # bump that reaches it first notifies nobody, so bump until one is heard.
+            assert asyncio.get_running_loop().time() < deadline, "A was never notified"
+            bumped = await b.call("bump", {})
+            assert "result" in bumped or "error" in bumped, bumped
+            await asyncio.sleep(0.1)
+    assert b.notes("notifications/resources/updated") == []
 
 
 async def test_list_changed_reaches_every_session_and_refreshes_the_catalog(
