@@ -99,11 +99,27 @@ def format_footprint(section: dict[str, Any]) -> list[str]:
         f" {_mib(dm['rss_bytes'])} | {_mib(dm['pss_bytes'])} | {dm['ready_s']:.2f} |",
         f"| daemon / status quo | {_num(cmp['processes_ratio'], '.2f')} |"
         f" {_num(cmp['rss_ratio'], '.2f')} | {_num(cmp['pss_ratio'], '.2f')} | |",
+    ]
+    http, cmp_http = section.get("daemon_http"), section.get("comparison_http")
+    if http is not None and cmp_http is not None:
+        lines += [
+            f"| daemon (`--workers 1`), {section['clients']} clients on `/mcp` |"
+            f" {http['processes']} | {_mib(http['rss_bytes'])} | {_mib(http['pss_bytes'])} |"
+            f" {http['ready_s']:.2f} |",
+            f"| daemon on `/mcp` / status quo | {_num(cmp_http['processes_ratio'], '.2f')} |"
+            f" {_num(cmp_http['rss_ratio'], '.2f')} | {_num(cmp_http['pss_ratio'], '.2f')} | |",
+        ]
+    lines += [
         "",
         f"targets: processes <= {PROCESS_TARGET:.2f} {_verdict(cmp['processes_pass'])},"
         f" RSS <= {RSS_TARGET:.2f} {_verdict(cmp['rss_pass'])}"
-        f" (PSS {_verdict(cmp['pss_pass'])})",
+        f" (PSS {_verdict(cmp['pss_pass'])}) with shims",
     ]
+    if cmp_http is not None:
+        lines.append(
+            f"on `/mcp`: processes {_verdict(cmp_http['processes_pass'])},"
+            f" RSS {_verdict(cmp_http['rss_pass'])} (PSS {_verdict(cmp_http['pss_pass'])})"
+        )
     even = cmp["break_even_clients"]
     lines.append(
         "clients at which the daemon side meets each target (same per-process figures):"

@@ -4,22 +4,29 @@ copies (the status quo) and with one daemon hosting them for every client.
 Status quo: each client starts each server, runs the MCP handshake, lists its tools
 and makes one call, all clients at once. Daemon: one daemon (`--workers 1`) hosts the
 servers from a servers file; each client starts one shim instead, lists the merged
-tools and makes the same calls as `<name>__<tool>`. Both sides are measured while
-every client is still connected: the process trees (the servers' or the daemon's,
-plus the shims) with their RSS and PSS.
+tools and makes the same calls as `<name>__<tool>`. Daemon over HTTP: the same daemon,
+with each client on its Streamable HTTP endpoint (`/mcp`) as editors that speak HTTP
+connect, so no shim. Every side is measured while every client is still connected:
+the process trees (the servers' or the daemon's, plus the shims) with their RSS and
+PSS. The clients themselves are this process on every side, and are not counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from benchmarks.daemon import DaemonProcess
 from benchmarks.fleet_procs import measure
 from benchmarks.fleet_servers import (
     REPO_ROOT,
@@ -86,12 +93,21 @@ async def _shim_client(peer: StdioPeer, servers: Sequence[ServerSpec]) -> int:
     return len(names)
 
 
+@contextlib.asynccontextmanager
+async def _fleet_daemon(
+    servers: Sequence[ServerSpec], log_dir: Path, label: str
+) -> AsyncIterator[tuple[DaemonProcess, float]]:
+    """A daemon hosting `servers` from a servers file, once they are all ready, and
+    the seconds that took."""
+    config = write_servers_file(log_dir / f"{label}-servers.json", servers)
+    with hosting_daemon(log_dir / f"{label}-daemon", {"EXAI_CONFIG": str(config)}) as daemon:
+        yield daemon, await asyncio.to_thread(wait_servers, daemon, [s.name for s in servers])
+
+
 async def _daemon_side(
     servers: Sequence[ServerSpec], clients: int, log_dir: Path
 ) -> dict[str, Any]:
-    config = write_servers_file(log_dir / "footprint-servers.json", servers)
-    with hosting_daemon(log_dir / "footprint-daemon", {"EXAI_CONFIG": str(config)}) as daemon:
-        servers_ready_s = await asyncio.to_thread(wait_servers, daemon, [s.name for s in servers])
+    async with _fleet_daemon(servers, log_dir, "footprint") as (daemon, servers_ready_s):
         argv = (sys.executable, *SHIM_ARGS)
         env = shim_environment(daemon.port)
         shims = [
@@ -105,6 +121,66 @@ async def _daemon_side(
             tree = measure([("daemon", [daemon.pid]), *((s.label, [s.pid]) for s in shims)])
         finally:
             await asyncio.gather(*(s.close() for s in shims), return_exceptions=True)
+    return {
+        **tree.to_json(),
+        "servers_ready_s": servers_ready_s,
+        "ready_s": ready_s,
+        "tools_listed_per_client": tools,
+    }
+
+
+class _Rendezvous:
+    """Clients that have listed and called, and the signal for them to leave."""
+
+    def __init__(self, clients: int) -> None:
+        self.clients = clients
+        self.called = 0
+        self.all_called = asyncio.Event()
+        self.leave = asyncio.Event()
+
+    def arrived(self) -> None:
+        self.called += 1
+        if self.called == self.clients:
+            self.all_called.set()
+
+
+async def _http_client(url: str, servers: Sequence[ServerSpec], meet: _Rendezvous) -> int:
+    """One client on /mcp: list, call each server's tool, then stay connected until the
+    measurement is taken."""
+    async with (
+        streamable_http_client(url) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        names = {t.name for t in (await session.list_tools()).tools}
+        for spec in servers:
+            qualified = f"{spec.name}__{spec.tool}"
+            if qualified not in names:
+                raise PeerError(f"{url}: {qualified} not listed")
+            if (await session.call_tool(qualified, spec.arguments)).is_error:
+                raise PeerError(f"{url}: {qualified} failed")
+        meet.arrived()
+        await meet.leave.wait()
+        return len(names)
+
+
+async def _daemon_http_side(
+    servers: Sequence[ServerSpec], clients: int, log_dir: Path
+) -> dict[str, Any]:
+    async with _fleet_daemon(servers, log_dir, "footprint-http") as (daemon, servers_ready_s):
+        url = f"http://127.0.0.1:{daemon.port}/mcp"
+        meet = _Rendezvous(clients)
+        started = time.perf_counter()
+        tasks = [asyncio.ensure_future(_http_client(url, servers, meet)) for _ in range(clients)]
+        try:
+            waiting = asyncio.ensure_future(meet.all_called.wait())
+            await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            ready_s = time.perf_counter() - started
+            tree = measure([("daemon", [daemon.pid])])
+        finally:
+            meet.leave.set()
+            tools = await asyncio.gather(*tasks)
     return {
         **tree.to_json(),
         "servers_ready_s": servers_ready_s,
@@ -164,10 +240,13 @@ async def run_footprint(
     pages with the other's processes), and their comparison."""
     status_quo = await _status_quo(servers, clients, log_dir)
     daemon = await _daemon_side(servers, clients, log_dir)
+    over_http = await _daemon_http_side(servers, clients, log_dir)
     return {
         "servers": [s.name for s in servers],
         "clients": clients,
         "status_quo": status_quo,
         "daemon": daemon,
         "comparison": compare(status_quo, daemon, clients),
+        "daemon_http": over_http,
+        "comparison_http": compare(status_quo, over_http, clients),
     }

@@ -51,6 +51,13 @@ def _check_footprint(section: dict[str, Any]) -> None:
     comparison = section["comparison"]
     assert comparison["processes_ratio"] > 0 and comparison["rss_ratio"] > 0
     assert isinstance(comparison["processes_pass"], bool)
+    # Clients on /mcp start no shim: the daemon's tree is the whole side.
+    over_http = section["daemon_http"]
+    assert over_http["processes"] >= FOOTPRINT_SERVERS + 2
+    assert {p["role"] for p in over_http["by_process"]} == {"daemon"}
+    assert len(over_http["tools_listed_per_client"]) == clients
+    assert over_http["processes"] < daemon["processes"]
+    assert section["comparison_http"]["rss_ratio"] > 0
 
 
 def _check_listing(section: dict[str, Any], requests: int) -> None:
