@@ -681,6 +681,10 @@ class CallManager:
                     session.remember(call.key, frame)
             self._tally.finished(call, outcome, len(frame), error, now)
         finally:
+            # Whatever still refers to a finished call (a timer's arguments, a task's
+            # local) must not keep its payload, which may be a MiB.
+            call.arguments = b""
+            call.params = None
             # The call is DONE already: whatever went wrong answering it, its capacity
             # must go back now, or it is never given back.
             if left is _HELD or left is _RUNNING:

@@ -156,6 +156,20 @@ class Session:
         self.outbox_bytes = 0
         return held
 
+    def release(self) -> None:
+        """The session is gone for good: drop what it kept for a reconnect now, rather
+        than when the last object that still refers to it (a finished call, a task's
+        local) lets go of it."""
+        self.closed = True
+        self.send_fn = None
+        self.owner = None
+        self.outbox.clear()
+        self.outbox_bytes = 0
+        self.recent.clear()
+        self.recent_bytes = 0
+        self.evicted.clear()
+        self.awaited = None
+
     def detach(self, now: float) -> None:
         self.send_fn = None
         self.owner = None
@@ -217,6 +231,7 @@ class SessionRegistry:
     def forget(self, session: Session) -> None:
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
+        session.release()
 
     @property
     def attached_count(self) -> int:

@@ -107,6 +107,22 @@ def test_forget_removes_only_the_same_session() -> None:
     assert sessions.sessions == {}
 
 
+def test_a_forgotten_session_lets_go_of_what_it_kept_for_a_reconnect() -> None:
+    """Whoever still refers to an ended session (a finished call, say) holds no answers
+    through it: its kept answers and its outbox are dropped, and it takes no more."""
+    sessions = registry(outbox_max_bytes=1 << 20)
+    session, _, _ = sessions.open("a", lambda f: None, acks=True)
+    session.remember(b'"r1"', b"x" * 1000)
+    session.detach(0.0)
+    session.send(b"held")
+    assert session.held_bytes > 1000
+    sessions.forget(session)
+    session.send(b"late")
+    assert session.closed and session.held_bytes == 0
+    assert not session.recent and not session.outbox
+    assert session.replay(b'"r1"') is None
+
+
 def test_remembered_answers_are_bounded_but_keep_the_newest() -> None:
     """A retrying client is answered from memory; the memory forgets the oldest first."""
     session = Session("s")
