@@ -278,6 +278,7 @@ class Hosting:
             "undelivered": self.traffic.undelivered,
             "instances": [
                 {"pid": i.pid, "in_flight": i.load, "owner": server.owner_of(i)}
+                | ({"node": i.node} if i.node else {})
                 for i in server.instances()
             ],
         }

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from broker.hosting.bridged import Launcher
+from broker.hosting.bridged import BridgedProcess, Launcher
 from broker.hosting.own_requests import HANDSHAKE, OwnRequests, initialize_params
 from exai import __version__
 from exai.coalesce import WriteCoalescer
@@ -282,6 +282,12 @@ class HostedInstance:
     def pid(self) -> int | None:
         transport = self._pipes.transport if self._pipes else None
         return transport.get_pid() if transport is not None else None
+
+    @property
+    def node(self) -> str | None:
+        """The pool node the process runs on, when the pool runs it (`--pool ray`)."""
+        transport = self._pipes.transport if self._pipes else None
+        return transport.node if isinstance(transport, BridgedProcess) else None
 
     def stderr_hint(self) -> str:
         tail = list(self._pipes.stderr_tail)[-5:] if self._pipes else []

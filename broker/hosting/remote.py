@@ -195,6 +195,10 @@ class RemoteInstance:
         return None
 
     @property
+    def node(self) -> str | None:
+        return None
+
+    @property
     def session_id(self) -> str | None:
         """The `Mcp-Session-Id` the server gave, if it keeps sessions."""
         return self._session_id

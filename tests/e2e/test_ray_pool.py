@@ -353,6 +353,8 @@ async def test_a_servers_file_runs_its_servers_as_ray_actors(tmp_path: Path) -> 
             timeout_s=scaled(STEP_S),
         )
         (victim,) = instance_pids(health, "counter")
+        counter = server_entry(health, "counter")
+        assert counter is not None and counter["instances"][0].get("node"), counter
         actor = parent_pid(victim)
         assert actor is not None and actor != daemon.proc.pid
         assert " ".join(cmdline(actor)).startswith("ray::ServerProcess"), cmdline(actor)
